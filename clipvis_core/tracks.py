@@ -1,0 +1,141 @@
+"""Result types: a video's instance tracks, with per-frame COCO RLE masks.
+
+These are what every exporter and host consumes; they round-trip through JSON.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+
+
+def encode_mask(mask: np.ndarray) -> dict:
+    """Binary HxW mask -> COCO compressed RLE with ``counts`` as str."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def decode_mask(rle: dict) -> np.ndarray:
+    from pycocotools import mask as mask_utils
+
+    r = dict(rle)
+    if isinstance(r["counts"], str):
+        r["counts"] = r["counts"].encode("ascii")
+    return mask_utils.decode(r).astype(bool)
+
+
+def rle_area(rle: dict) -> int:
+    from pycocotools import mask as mask_utils
+
+    r = dict(rle)
+    if isinstance(r["counts"], str):
+        r["counts"] = r["counts"].encode("ascii")
+    return int(mask_utils.area(r))
+
+
+def rle_box(rle: dict) -> list[float] | None:
+    """Tight [x, y, w, h] box in pixels, or None for an empty mask."""
+    from pycocotools import mask as mask_utils
+
+    r = dict(rle)
+    if isinstance(r["counts"], str):
+        r["counts"] = r["counts"].encode("ascii")
+    if int(mask_utils.area(r)) == 0:
+        return None
+    return [float(v) for v in mask_utils.toBbox(r)]
+
+
+@dataclass
+class VideoInfo:
+    """The video the tracks belong to (original resolution, after stride/range selection)."""
+
+    source: str
+    width: int
+    height: int
+    fps: float
+    num_frames: int
+    # Source frame index (0-based, before stride) of every processed frame.
+    frame_indices: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Track:
+    id: int
+    label: str  # display label (first synonym of the class)
+    category_id: int  # 0-based index into the vocabulary
+    score: float
+    masks: list[dict]  # one COCO RLE per processed frame (empty RLE where absent)
+    boxes: list[list[float] | None]  # [x, y, w, h] pixels per frame, None where the mask is empty
+    frame_scores: list[float]  # per-frame score of the track's class
+
+    def present_frames(self) -> list[int]:
+        return [i for i, b in enumerate(self.boxes) if b is not None]
+
+    def mask(self, frame: int) -> np.ndarray:
+        return decode_mask(self.masks[frame])
+
+
+@dataclass
+class VideoTracks:
+    video: VideoInfo
+    vocabulary: list[str]
+    tracks: list[Track]
+    model: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["format_version"] = FORMAT_VERSION
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VideoTracks":
+        if d.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"unsupported track JSON format_version {d.get('format_version')!r}; expected {FORMAT_VERSION}")
+        return cls(
+            video=VideoInfo(**d["video"]),
+            vocabulary=list(d["vocabulary"]),
+            tracks=[Track(**t) for t in d["tracks"]],
+            model=d.get("model", ""),
+            options=d.get("options", {}),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> "VideoTracks":
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return write_atomic(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "VideoTracks":
+        return cls.from_json(Path(path).read_text())
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write via a temp file in the same directory + rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
