@@ -1,0 +1,310 @@
+"""Video input: video files, frame directories and single images, read lazily frame by frame.
+
+``open_video`` checks the source up front (it opens, decodes the first frame and counts the
+frames it will yield), so every problem surfaces as one ``InputError`` before any model runs and
+``info.num_frames`` is exact before iteration starts. Iterating decodes one frame at a time; the
+whole video is never held in memory.
+
+Frame selection, applied in this order on the source's frames ``0..N-1`` (time ``t = i / fps``):
+``start_time <= t < end_time``, then every ``frame_stride``-th frame, then at most ``max_frames``.
+Frame directories and images carry no frame rate: they use ``default_fps`` (30, the rate of the
+YouTube-VIS / LV-VIS source videos).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import InputError
+from .tracks import VideoInfo
+
+DEFAULT_FPS = 30.0
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+VIDEO_SUFFIXES = frozenset({
+    ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
+    ".flv", ".wmv", ".ogv", ".3gp", ".gif", ".y4m",
+})
+# A container claiming more than this is misreporting (OpenCV returns e.g. 90000 for some webm).
+_MAX_PLAUSIBLE_FPS = 1000.0
+_LOGS_QUIETED = False
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """Which source frames are yielded: ``range(start, stop, stride)`` (stop exclusive)."""
+
+    start: int
+    stop: int
+    stride: int
+
+    @property
+    def indices(self) -> list[int]:
+        return list(range(self.start, self.stop, self.stride))
+
+
+def _natural_key(name: str) -> list:
+    # "frame_2.jpg" before "frame_10.jpg" even without zero padding.
+    return [int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", name)]
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _check_options(frame_stride, start_time, end_time, max_frames, default_fps) -> None:
+    if not _is_int(frame_stride) or frame_stride < 1:
+        raise InputError(f"invalid frame stride {frame_stride!r}: use a whole number >= 1 (1 = every frame)")
+    if start_time is not None and (not math.isfinite(start_time) or start_time < 0):
+        raise InputError(f"invalid start time {start_time!r}: use seconds >= 0")
+    if end_time is not None and (not math.isfinite(end_time) or end_time <= 0):
+        raise InputError(f"invalid end time {end_time!r}: use seconds > 0")
+    if start_time is not None and end_time is not None and end_time <= start_time:
+        raise InputError(f"invalid time range: end time {end_time} s must be after start time {start_time} s")
+    if max_frames is not None and (not _is_int(max_frames) or max_frames < 1):
+        raise InputError(f"invalid max frames {max_frames!r}: use a whole number >= 1, or leave it unset for all frames")
+    if not (default_fps > 0 and math.isfinite(default_fps)):
+        raise InputError(f"invalid default fps {default_fps!r}: use a positive number")
+
+
+def _time_bounds(fps: float, start_time: float | None, end_time: float | None) -> tuple[int, int | None]:
+    """Source index range [first, stop) for ``start_time <= i / fps < end_time``."""
+    eps = 1e-6  # 0.1 s * 10 fps must give frame 1, not 0.99999
+    first = 0 if start_time is None else max(0, math.ceil(start_time * fps - eps))
+    stop = None if end_time is None else max(0, math.ceil(end_time * fps - eps))
+    return first, stop
+
+
+def _read_image(path: Path) -> np.ndarray:
+    import cv2
+
+    # imread honours EXIF orientation and turns grey/alpha images into 3-channel 8-bit.
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise InputError(f"cannot read image {path}: the file is corrupt or not an image; re-save it as JPEG or PNG")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _quiet_decoder_logs() -> None:
+    """Keep FFmpeg's and OpenCV's own console chatter off stderr: our InputError is the one message.
+
+    Done on first use, not at import; a user's own OPENCV_* settings win.
+    """
+    global _LOGS_QUIETED
+    if _LOGS_QUIETED:
+        return
+    import cv2
+
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # read when the first capture opens
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    _LOGS_QUIETED = True
+
+
+def _open_capture(path: Path):
+    import cv2
+
+    _quiet_decoder_logs()
+
+    # FFmpeg backend explicitly: OpenCV's fallback would treat some names as image-sequence patterns.
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    if not cap.isOpened():
+        cap.release()
+        raise InputError(
+            f"cannot decode video {path}: the file is corrupt or in an unsupported format; "
+            f"check it plays, or convert it: ffmpeg -i {path.name} -c:v libx264 -pix_fmt yuv420p out.mp4"
+        )
+    return cap
+
+
+class VideoReader:
+    """Frames of one source, decoded lazily. Iterate for ``(position, RGB uint8 HxWx3)``.
+
+    Re-iterable (each iteration decodes from the start); use as a context manager or call
+    ``close()`` to release a decoder left open by an unfinished iteration.
+    """
+
+    def __init__(self, source: str | Path, frame_stride: int = 1, start_time: float | None = None,
+                 end_time: float | None = None, max_frames: int | None = None,
+                 default_fps: float = DEFAULT_FPS):
+        _check_options(frame_stride, start_time, end_time, max_frames, default_fps)
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise InputError(f"video not found: {path}: check the path (a video file, an image or a directory of frames)")
+        self.path = path
+        self._caps: list = []  # open decoders of running iterations, released by close()
+        self._images: list[Path] | None = None  # frame files for directories and single images
+        # Exact total number of source frames, or None when counting stopped early because the
+        # requested range/max_frames ended first (counting long videos costs a decode pass).
+        self.source_frame_count: int | None = None
+
+        if path.is_dir():
+            self.kind = "frames"
+            images = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+                            key=lambda p: _natural_key(p.name))
+            if not images:
+                raise InputError(
+                    f"no images in directory {path}: a frame directory holds one .jpg/.png per frame "
+                    f"(YouTube-VIS / LV-VIS layout); pass a video file or such a directory"
+                )
+            self._images, fps = images, default_fps
+            height, width = _read_image(images[0]).shape[:2]
+            self.source_frame_count = len(images)
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            self.kind = "image"
+            self._images, fps = [path], default_fps
+            height, width = _read_image(path).shape[:2]
+            self.source_frame_count = 1
+        elif path.suffix.lower() in VIDEO_SUFFIXES:
+            self.kind = "video"
+            fps, height, width = self._probe_video(path, default_fps)
+        else:
+            raise InputError(
+                f"unsupported input {path.name!r}: pass a video ({', '.join(sorted(VIDEO_SUFFIXES))}), "
+                f"an image ({', '.join(sorted(IMAGE_SUFFIXES))}) or a directory of frames"
+            )
+
+        first, stop = _time_bounds(fps, start_time, end_time)
+        limit = stop
+        if max_frames is not None:  # no need to count beyond the last frame that will be yielded
+            last_needed = first + (max_frames - 1) * frame_stride + 1
+            limit = last_needed if limit is None else min(limit, last_needed)
+        if self.kind == "video":
+            self.source_frame_count = self._count_frames(path, limit)
+            total = self.source_frame_count if self.source_frame_count is not None else limit
+        else:
+            total = self.source_frame_count
+        if total == 0:
+            raise InputError(f"video {path} has no decodable frames: re-encode it (ffmpeg -i IN -c:v libx264 out.mp4)")
+        stop = total if stop is None else min(stop, total)
+        if first >= stop:
+            duration = total / fps
+            raise InputError(
+                f"no frames selected in {path}: the range starts at {start_time} s but the video is "
+                f"{duration:.3f} s long ({total} frames at {fps:g} fps); choose an earlier start time"
+            )
+        indices = list(range(first, stop, frame_stride))
+        if max_frames is not None:
+            indices = indices[:max_frames]
+        self._sel = _Selection(first, indices[-1] + 1, frame_stride)
+        self.info = VideoInfo(source=str(path), width=int(width), height=int(height), fps=float(fps),
+                              num_frames=len(indices), frame_indices=indices)
+
+    # -- probing ---------------------------------------------------------------------------
+    @staticmethod
+    def _probe_video(path: Path, default_fps: float) -> tuple[float, int, int]:
+        import cv2
+
+        cap = _open_capture(path)
+        try:
+            fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+            ok, frame = cap.read()
+        finally:
+            cap.release()
+        if not ok or frame is None:
+            raise InputError(
+                f"video {path} has no decodable frames: it is empty or corrupt; re-encode it "
+                f"(ffmpeg -i {path.name} -c:v libx264 -pix_fmt yuv420p out.mp4)"
+            )
+        if not (math.isfinite(fps) and 0 < fps <= _MAX_PLAUSIBLE_FPS):
+            fps = default_fps
+        # The decoded frame, not CAP_PROP_FRAME_WIDTH, is the truth (rotation metadata is applied).
+        return fps, frame.shape[0], frame.shape[1]
+
+    @staticmethod
+    def _count_frames(path: Path, limit: int | None) -> int | None:
+        """Frames the decoder really delivers (containers' frame counts lie, webm/mkv often say 0).
+
+        grab() demuxes and decodes without colour conversion. Returns None when ``limit`` frames
+        exist (the selection needs no more), else the exact count.
+        """
+        cap = _open_capture(path)
+        n = 0
+        try:
+            while limit is None or n < limit:
+                if not cap.grab():
+                    return n
+                n += 1
+            return None
+        finally:
+            cap.release()
+
+    # -- iteration -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.info.num_frames
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        if self._images is not None:
+            return self._iter_images()
+        return self._iter_video()
+
+    def _iter_images(self) -> Iterator[tuple[int, np.ndarray]]:
+        size = (self.info.height, self.info.width)
+        for pos, idx in enumerate(self.info.frame_indices):
+            frame = _read_image(self._images[idx])
+            if frame.shape[:2] != size:
+                raise InputError(
+                    f"frame {self._images[idx].name} is {frame.shape[1]}x{frame.shape[0]} but the first frame is "
+                    f"{size[1]}x{size[0]}: all frames of a directory must have one size"
+                )
+            yield pos, frame
+
+    def _iter_video(self) -> Iterator[tuple[int, np.ndarray]]:
+        import cv2
+
+        cap = _open_capture(self.path)
+        self._caps.append(cap)
+        sel, n = self._sel, self.info.num_frames
+        pos = 0
+        try:
+            for idx in range(sel.stop):
+                wanted = idx >= sel.start and (idx - sel.start) % sel.stride == 0
+                if not wanted:
+                    if not cap.grab():
+                        break
+                    continue
+                ok, bgr = cap.read()
+                if not ok or bgr is None:
+                    break
+                if bgr.shape[:2] != (self.info.height, self.info.width):
+                    # Mid-stream resolution changes: keep every frame the size the tracks describe.
+                    bgr = cv2.resize(bgr, (self.info.width, self.info.height), interpolation=cv2.INTER_AREA)
+                yield pos, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                pos += 1
+            if pos < n:
+                raise InputError(
+                    f"video {self.path} stopped decoding at frame {pos} of {n}: the file is damaged; "
+                    f"re-encode it (ffmpeg -i {self.path.name} -c:v libx264 -pix_fmt yuv420p out.mp4)"
+                )
+        finally:
+            cap.release()
+            if cap in self._caps:
+                self._caps.remove(cap)
+
+    def close(self) -> None:
+        for cap in self._caps:
+            cap.release()
+        self._caps.clear()
+
+    def __enter__(self) -> "VideoReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        i = self.info
+        return f"VideoReader({i.source!r}, {i.width}x{i.height}, {i.fps:g} fps, {i.num_frames} frames)"
+
+
+def open_video(source: str | Path, frame_stride: int = 1, start_time: float | None = None,
+               end_time: float | None = None, max_frames: int | None = None,
+               default_fps: float = DEFAULT_FPS) -> VideoReader:
+    """Open and check a video file, a frame directory or an image; raise ``InputError`` on bad input."""
+    return VideoReader(source, frame_stride, start_time, end_time, max_frames, default_fps)
