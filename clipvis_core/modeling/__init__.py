@@ -1,0 +1,1 @@
+"""Network modules (plain ``nn.Module``s with explicit constructor arguments)."""

@@ -1,0 +1,144 @@
+"""Mask2Former's masked-attention transformer decoder with CLIP-VIS heads.
+
+Per query: mask logits, a 2-way object score (index 0 = object), a mask-IoU score (sigmoid) and the
+normalised query embedding used for temporal matching. Names match upstream checkpoint keys
+(``sem_seg_head.predictor.*``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import DecoderConfig
+from .position_encoding import sine_position_encoding
+
+
+@dataclass
+class DecoderOutput:
+    object_logits: torch.Tensor  # [N, Q, 2]
+    masks: torch.Tensor  # [N, Q, H/4, W/4] mask logits
+    ious: torch.Tensor  # [N, Q, 1] in (0, 1)
+    embeds: torch.Tensor  # [N, Q, hidden] decoder_norm(final queries)
+    # Heads on the learnable queries and after each layer but the last: (object_logits, ious, masks).
+    aux: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+class MLP(nn.Module):
+    def __init__(self, din: int, hidden: int, dout: int, num_layers: int):
+        super().__init__()
+        dims = [din] + [hidden] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims, dims[1:] + [dout]))
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+class SelfAttentionLayer(nn.Module):
+    def __init__(self, d: int, heads: int, pre_norm: bool):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d, heads, dropout=0.0)
+        self.norm = nn.LayerNorm(d)
+        self.pre_norm = pre_norm
+
+    def forward(self, tgt, query_pos):
+        if self.pre_norm:
+            t = self.norm(tgt)
+            return tgt + self.self_attn(t + query_pos, t + query_pos, value=t)[0]
+        q = tgt + query_pos
+        return self.norm(tgt + self.self_attn(q, q, value=tgt)[0])
+
+
+class CrossAttentionLayer(nn.Module):
+    def __init__(self, d: int, heads: int, pre_norm: bool):
+        super().__init__()
+        self.multihead_attn = nn.MultiheadAttention(d, heads, dropout=0.0)
+        self.norm = nn.LayerNorm(d)
+        self.pre_norm = pre_norm
+
+    def forward(self, tgt, memory, attn_mask, pos, query_pos):
+        if self.pre_norm:
+            t = self.norm(tgt)
+            return tgt + self.multihead_attn(t + query_pos, memory + pos, value=memory, attn_mask=attn_mask)[0]
+        out = self.multihead_attn(tgt + query_pos, memory + pos, value=memory, attn_mask=attn_mask)[0]
+        return self.norm(tgt + out)
+
+
+class FFNLayer(nn.Module):
+    def __init__(self, d: int, ffn: int, pre_norm: bool):
+        super().__init__()
+        self.linear1 = nn.Linear(d, ffn)
+        self.linear2 = nn.Linear(ffn, d)
+        self.norm = nn.LayerNorm(d)
+        self.pre_norm = pre_norm
+
+    def forward(self, tgt):
+        if self.pre_norm:
+            return tgt + self.linear2(F.relu(self.linear1(self.norm(tgt))))
+        return self.norm(tgt + self.linear2(F.relu(self.linear1(tgt))))
+
+
+class MultiScaleMaskedTransformerDecoder(nn.Module):
+    num_feature_levels = 3
+
+    def __init__(self, cfg: DecoderConfig, in_channels: int, mask_dim: int):
+        super().__init__()
+        d, h = cfg.hidden_dim, cfg.num_heads
+        self.num_heads = h
+        self.hidden_dim = d
+        self.num_layers = cfg.num_layers
+        self.transformer_self_attention_layers = nn.ModuleList(SelfAttentionLayer(d, h, cfg.pre_norm) for _ in range(self.num_layers))
+        self.transformer_cross_attention_layers = nn.ModuleList(CrossAttentionLayer(d, h, cfg.pre_norm) for _ in range(self.num_layers))
+        self.transformer_ffn_layers = nn.ModuleList(FFNLayer(d, cfg.ffn_dim, cfg.pre_norm) for _ in range(self.num_layers))
+        self.decoder_norm = nn.LayerNorm(d)
+        self.query_feat = nn.Embedding(cfg.num_queries, d)
+        self.query_embed = nn.Embedding(cfg.num_queries, d)
+        self.level_embed = nn.Embedding(self.num_feature_levels, d)
+        self.input_proj = nn.ModuleList(
+            nn.Conv2d(in_channels, d, kernel_size=1) if (in_channels != d or cfg.enforce_input_proj) else nn.Sequential()
+            for _ in range(self.num_feature_levels)
+        )
+        self.iou_head = MLP(d, d, 1, 3)
+        self.object_embed = MLP(d, d, 2, 3)
+        self.mask_embed = MLP(d, d, mask_dim, 3)
+
+    def forward(self, multi_scale: list[torch.Tensor], mask_features: torch.Tensor, with_aux: bool = False) -> DecoderOutput:
+        src, pos, sizes = [], [], []
+        for i in range(self.num_feature_levels):
+            x = multi_scale[i]
+            sizes.append(x.shape[-2:])
+            pos.append(sine_position_encoding(x, self.hidden_dim // 2).flatten(2).permute(2, 0, 1))
+            src.append((self.input_proj[i](x).flatten(2) + self.level_embed.weight[i][None, :, None]).permute(2, 0, 1))
+        bs = src[0].shape[1]
+        query_pos = self.query_embed.weight.unsqueeze(1).repeat(1, bs, 1)
+        output = self.query_feat.weight.unsqueeze(1).repeat(1, bs, 1)
+
+        aux = []
+        obj, masks, iou, attn_mask = self._heads(output, mask_features, sizes[0])
+        for i in range(self.num_layers):
+            aux.append((obj, iou, masks) if with_aux else None)
+            level = i % self.num_feature_levels
+            # A query whose mask covers nothing would attend nowhere: let it attend everywhere.
+            attn_mask[torch.where(attn_mask.sum(-1) == attn_mask.shape[-1])] = False
+            output = self.transformer_cross_attention_layers[i](output, src[level], attn_mask, pos[level], query_pos)
+            output = self.transformer_self_attention_layers[i](output, query_pos)
+            output = self.transformer_ffn_layers[i](output)
+            obj, masks, iou, attn_mask = self._heads(output, mask_features, sizes[(i + 1) % self.num_feature_levels])
+        embeds = self.decoder_norm(output).permute(1, 0, 2)
+        return DecoderOutput(obj, masks, iou, embeds, aux if with_aux else [])
+
+    def _heads(self, output, mask_features, attn_size):
+        x = self.decoder_norm(output).transpose(0, 1)  # [N, Q, d]
+        obj = self.object_embed(x)
+        masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(x), mask_features)
+        iou = self.iou_head(x).sigmoid()
+        attn = F.interpolate(masks, size=attn_size, mode="bilinear", align_corners=False)
+        # sigmoid < 0.5  <=>  logit < 0: positions outside the predicted mask are blocked.
+        attn_mask = (attn.sigmoid().flatten(2).unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1) < 0.5).detach()
+        return obj, masks, iou, attn_mask
