@@ -16,9 +16,8 @@ import math
 import numbers
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -34,19 +33,6 @@ VIDEO_SUFFIXES = frozenset({
 # A container claiming more than this is misreporting (OpenCV returns e.g. 90000 for some webm).
 _MAX_PLAUSIBLE_FPS = 1000.0
 _LOGS_QUIETED = False
-
-
-@dataclass(frozen=True)
-class _Selection:
-    """Which source frames are yielded: ``range(start, stop, stride)`` (stop exclusive)."""
-
-    start: int
-    stop: int
-    stride: int
-
-    @property
-    def indices(self) -> list[int]:
-        return list(range(self.start, self.stop, self.stride))
 
 
 def _natural_key(name: str) -> list:
@@ -132,7 +118,7 @@ class VideoReader:
 
     def __init__(self, source: str | Path, frame_stride: int = 1, start_time: float | None = None,
                  end_time: float | None = None, max_frames: int | None = None,
-                 default_fps: float = DEFAULT_FPS):
+                 default_fps: float = DEFAULT_FPS, frame_indices: Sequence[int] | None = None):
         _check_options(frame_stride, start_time, end_time, max_frames, default_fps)
         path = Path(source).expanduser()
         if not path.exists():
@@ -170,11 +156,16 @@ class VideoReader:
                 f"an image ({', '.join(sorted(IMAGE_SUFFIXES))}) or a directory of frames"
             )
 
-        first, stop = _time_bounds(fps, start_time, end_time)
-        limit = stop
-        if max_frames is not None:  # no need to count beyond the last frame that will be yielded
-            last_needed = first + (max_frames - 1) * frame_stride + 1
-            limit = last_needed if limit is None else min(limit, last_needed)
+        if frame_indices is not None:
+            indices = self._explicit_selection(path, fps, frame_indices)
+        else:
+            indices = self._range_selection(path, fps, frame_stride, start_time, end_time, max_frames)
+        self._wanted = frozenset(indices)
+        self.info = VideoInfo(source=str(path), width=int(width), height=int(height), fps=float(fps),
+                              num_frames=len(indices), frame_indices=indices)
+
+    def _total_frames(self, path: Path, limit: int | None) -> int:
+        """Frames available up to ``limit`` (all when None); raises when there are none."""
         if self.kind == "video":
             self.source_frame_count = self._count_frames(path, limit)
             total = self.source_frame_count if self.source_frame_count is not None else limit
@@ -182,19 +173,34 @@ class VideoReader:
             total = self.source_frame_count
         if total == 0:
             raise InputError(f"video {path} has no decodable frames: re-encode it (ffmpeg -i IN -c:v libx264 out.mp4)")
+        return total
+
+    def _range_selection(self, path, fps, frame_stride, start_time, end_time, max_frames) -> list[int]:
+        first, stop = _time_bounds(fps, start_time, end_time)
+        limit = stop
+        if max_frames is not None:  # no need to count beyond the last frame that will be yielded
+            last_needed = first + (max_frames - 1) * frame_stride + 1
+            limit = last_needed if limit is None else min(limit, last_needed)
+        total = self._total_frames(path, limit)
         stop = total if stop is None else min(stop, total)
         if first >= stop:
-            duration = total / fps
             raise InputError(
                 f"no frames selected in {path}: the range starts at {start_time} s but the video is "
-                f"{duration:.3f} s long ({total} frames at {fps:g} fps); choose an earlier start time"
+                f"{total / fps:.3f} s long ({total} frames at {fps:g} fps); choose an earlier start time"
             )
         indices = list(range(first, stop, frame_stride))
-        if max_frames is not None:
-            indices = indices[:max_frames]
-        self._sel = _Selection(first, indices[-1] + 1, frame_stride)
-        self.info = VideoInfo(source=str(path), width=int(width), height=int(height), fps=float(fps),
-                              num_frames=len(indices), frame_indices=indices)
+        return indices[:max_frames] if max_frames is not None else indices
+
+    def _explicit_selection(self, path, fps, frame_indices) -> list[int]:
+        indices = sorted({int(i) for i in frame_indices})
+        if not indices or indices[0] < 0:
+            raise InputError(f"invalid frame indices for {path}: pass source frame numbers >= 0")
+        total = self._total_frames(path, indices[-1] + 1)
+        if indices[-1] >= total:
+            raise InputError(
+                f"{path} has {total} frames but frame {indices[-1]} was requested: is this the video the tracks were made from?"
+            )
+        return indices
 
     # -- probing ---------------------------------------------------------------------------
     @staticmethod
@@ -260,12 +266,11 @@ class VideoReader:
 
         cap = _open_capture(self.path)
         self._caps.append(cap)
-        sel, n = self._sel, self.info.num_frames
+        n, wanted = self.info.num_frames, self._wanted
         pos = 0
         try:
-            for idx in range(sel.stop):
-                wanted = idx >= sel.start and (idx - sel.start) % sel.stride == 0
-                if not wanted:
+            for idx in range(self.info.frame_indices[-1] + 1):
+                if idx not in wanted:
                     if not cap.grab():
                         break
                     continue
@@ -305,6 +310,10 @@ class VideoReader:
 
 def open_video(source: str | Path, frame_stride: int = 1, start_time: float | None = None,
                end_time: float | None = None, max_frames: int | None = None,
-               default_fps: float = DEFAULT_FPS) -> VideoReader:
-    """Open and check a video file, a frame directory or an image; raise ``InputError`` on bad input."""
-    return VideoReader(source, frame_stride, start_time, end_time, max_frames, default_fps)
+               default_fps: float = DEFAULT_FPS, frame_indices: Sequence[int] | None = None) -> VideoReader:
+    """Open and check a video file, a frame directory or an image; raise ``InputError`` on bad input.
+
+    ``frame_indices`` (source frame numbers, e.g. ``VideoTracks.video.frame_indices``) selects
+    exactly those frames instead of stride/range/max: how exporters re-read a processed video.
+    """
+    return VideoReader(source, frame_stride, start_time, end_time, max_frames, default_fps, frame_indices)

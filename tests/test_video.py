@@ -196,3 +196,16 @@ def test_mixed_frame_sizes_fail_on_iteration(tmp_path):
     reader = open_video(d)
     with pytest.raises(InputError, match="one size"):
         list(reader)
+
+
+def test_explicit_frame_indices_reread_a_selection(tmp_path):
+    path = make_video(tmp_path / "v.mkv", 25, 32, 48)
+    first = open_video(path, frame_stride=3, start_time=0.2)
+    again = open_video(path, frame_indices=first.info.frame_indices)
+    assert again.info.frame_indices == first.info.frame_indices
+    for (pa, fa), (pb, fb) in zip(first, again):
+        assert pa == pb and np.array_equal(fa, fb)
+    d = write_frame_dir(tmp_path / "fd", shape_frames(6, 20, 30))
+    assert open_video(d, frame_indices=[1, 4]).info.num_frames == 2
+    with pytest.raises(InputError, match="has 25 frames"):
+        open_video(path, frame_indices=[0, 30])
