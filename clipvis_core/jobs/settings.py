@@ -1,0 +1,76 @@
+"""Job-layer settings, read from the environment each time they are needed (no import-time state).
+
+``CLIPVIS_BROKER_URL`` unset -> jobs run in-process (the embedded default); set (e.g.
+``redis://host:6379/0``) -> jobs go to Celery workers. Everything else has a laptop-friendly default.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        from ..errors import InputError
+
+        raise InputError(f"{name}={raw!r} is not a number: set it to seconds/megabytes as a plain number") from None
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    broker_url: str | None
+    result_backend: str | None  # defaults to the broker
+    results_dir: Path  # the results store: <results_dir>/<key>.json, shared by all workers
+    cache_dir: Path  # weights / text-embedding cache, downloaded media
+    redis_prefix: str  # namespace of our Redis keys (dedupe records, locks, cancel flags)
+    default_queue: str  # queue every worker consumes besides its device-kind queue
+    visibility_timeout: float  # s before Redis redelivers an unacked job (must exceed the longest job)
+    lock_ttl: float  # s a dead worker's execution lock outlives it
+    time_limit: float  # s per job, enforced between frames (and as Celery's hard limit + grace)
+    max_download_mb: float
+    progress_interval: float  # s between PROGRESS state writes
+
+    @classmethod
+    def from_env(cls) -> "JobSettings":
+        home_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "clipvis"
+        cache_dir = Path(os.environ.get("CLIPVIS_CACHE_DIR") or home_cache).expanduser()
+        broker = os.environ.get("CLIPVIS_BROKER_URL") or None
+        return cls(
+            broker_url=broker,
+            result_backend=os.environ.get("CLIPVIS_RESULT_BACKEND") or broker,
+            results_dir=Path(os.environ.get("CLIPVIS_RESULTS_DIR") or cache_dir / "results").expanduser(),
+            cache_dir=cache_dir,
+            redis_prefix=os.environ.get("CLIPVIS_REDIS_PREFIX") or "clipvis",
+            default_queue=os.environ.get("CLIPVIS_QUEUE") or "clipvis",
+            visibility_timeout=_env_float("CLIPVIS_VISIBILITY_TIMEOUT", 4 * 3600.0),
+            lock_ttl=_env_float("CLIPVIS_LOCK_TTL", 60.0),
+            time_limit=_env_float("CLIPVIS_JOB_TIME_LIMIT", 3 * 3600.0),
+            max_download_mb=_env_float("CLIPVIS_MAX_DOWNLOAD_MB", 4096.0),
+            progress_interval=_env_float("CLIPVIS_PROGRESS_INTERVAL", 0.25),
+        )
+
+    @property
+    def distributed(self) -> bool:
+        return self.broker_url is not None
+
+    @property
+    def redis_url(self) -> str | None:
+        """The Redis used for locks and dedupe records: the broker, else the result backend."""
+        for url in (self.broker_url, self.result_backend):
+            if url and url.startswith(("redis://", "rediss://", "unix://")):
+                return url
+        return None
+
+    def queue_for(self, kind: str | None) -> str:
+        """``None`` -> the shared queue; ``"gpu"``/``"cpu"`` -> that device kind's queue."""
+        if not kind:
+            return self.default_queue
+        if kind.startswith(self.default_queue + "."):
+            return kind
+        return f"{self.default_queue}.{kind}"

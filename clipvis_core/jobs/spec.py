@@ -1,0 +1,126 @@
+"""What a job is (``JobSpec``) and its content-addressed key.
+
+The key hashes the media identity (content hash, or URL + ETag/size), the vocabulary, the
+inference options and the model identity (checkpoint name or the hash of its card / weights), so
+the same request always maps to the same stored result, whoever submits it and wherever it runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import InputError
+from ..tracks import FORMAT_VERSION
+from ..vocabulary import Vocabulary
+from . import media as media_mod
+
+KEY_LENGTH = 32  # hex chars (128 bits)
+
+
+def checkpoint_identity(checkpoint: str) -> str:
+    """A registered name stands for itself; a card / .pth file for the hash of its bytes."""
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        return f"name:{checkpoint}"
+    ident = f"file:{path.name}:{media_mod.file_digest(path)}"
+    if path.suffix == ".json":
+        try:
+            weights = json.loads(path.read_text()).get("checkpoint")
+        except (ValueError, AttributeError):
+            raise InputError(f"checkpoint card {path} is not a JSON object: fix the file or pass a .pth") from None
+        if weights and Path(weights).expanduser().is_file():
+            ident += f"+{media_mod.file_digest(Path(weights).expanduser())}"
+    return ident
+
+
+def option_names() -> set[str] | None:
+    """Field names of SegmentOptions (None while the core segmenter is not importable)."""
+    try:
+        from ..segmenter import SegmentOptions
+    except ModuleNotFoundError as e:
+        if e.name and e.name.endswith("segmenter"):
+            return None
+        raise
+    return {f.name for f in fields(SegmentOptions)}
+
+
+@dataclass
+class JobSpec:
+    """One segmentation request. ``headers`` (e.g. an auth token) are used to fetch URL media only;
+    they are not part of the key."""
+
+    media: str
+    vocabulary: list[str]
+    checkpoint: str
+    options: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] | None = None
+    _key: str | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        if not isinstance(self.media, str) or not self.media.strip():
+            raise InputError("job media is empty: give a video path, frame directory or http(s) URL")
+        self.media = str(self.media)
+        if isinstance(self.vocabulary, Vocabulary):
+            self.vocabulary = list(self.vocabulary.entries)
+        elif isinstance(self.vocabulary, str):
+            self.vocabulary = [self.vocabulary]
+        self.vocabulary = list(self.vocabulary)
+        Vocabulary.from_names(self.vocabulary)  # raises a one-line InputError on bad entries
+        if not self.checkpoint:
+            raise InputError("job checkpoint is empty: give a registered name, a model card .json or a .pth")
+        self.checkpoint = str(self.checkpoint)
+        # Unset options are left out so {} and {"window": None} address the same result.
+        self.options = {k: v for k, v in dict(self.options or {}).items() if v is not None}
+        known = option_names()
+        if known is not None:
+            unknown = sorted(set(self.options) - known)
+            if unknown:
+                raise InputError(f"unknown inference option(s) {unknown}; valid: {sorted(known)}")
+
+    @property
+    def is_url(self) -> bool:
+        return media_mod.is_url(self.media)
+
+    def media_identity(self) -> str:
+        if self.is_url:
+            return media_mod.url_identity(self.media, self.headers)
+        return media_mod.local_identity(self.media)
+
+    def key(self) -> str:
+        """Content hash addressing this job's result (computed once per spec object)."""
+        if self._key is None:
+            payload = {
+                "media": self.media_identity(),
+                "vocabulary": self.vocabulary,
+                "options": self.options,
+                "model": checkpoint_identity(self.checkpoint),
+                "format": FORMAT_VERSION,
+                "clipvis": __version__,
+            }
+            blob = json.dumps(payload, sort_keys=True, default=str).encode()
+            self._key = hashlib.sha256(blob).hexdigest()[:KEY_LENGTH]
+        return self._key
+
+    def to_dict(self) -> dict:
+        """JSON-safe form (the Celery message); carries the key so workers need no HEAD request."""
+        return {"media": self.media, "vocabulary": self.vocabulary, "checkpoint": self.checkpoint,
+                "options": self.options, "headers": self.headers, "key": self._key}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "JobSpec":
+        if not isinstance(d, dict):
+            raise InputError(f"job spec must be a JSON object, got {type(d).__name__}")
+        unknown = set(d) - {"media", "vocabulary", "checkpoint", "options", "headers", "key"}
+        if unknown:
+            raise InputError(f"unknown job spec field(s) {sorted(unknown)}")
+        try:
+            spec = cls(media=d["media"], vocabulary=d["vocabulary"], checkpoint=d["checkpoint"],
+                       options=d.get("options") or {}, headers=d.get("headers"))
+        except KeyError as e:
+            raise InputError(f"job spec misses the field {e.args[0]!r}") from None
+        spec._key = d.get("key")
+        return spec
