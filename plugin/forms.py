@@ -1,0 +1,105 @@
+"""Operator forms, built from small helpers.
+
+Fields are optional in the schema and defaults live in ``params``: the parse functions are the one
+place that checks values, and a form shows their message (and refuses to run) while it is wrong.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import fiftyone.operators.types as types
+
+from clipvis_core.errors import InputError
+
+from . import params as P
+from . import sources
+
+
+def _radio(inputs, name: str, choices: list[tuple[str, str]], default: str, label: str, **kw):
+    view = types.RadioGroup()
+    for value, text in choices:
+        view.add_choice(value, label=text)
+    inputs.enum(name, view.values(), default=default, label=label, view=view, **kw)
+
+
+def _suggest(inputs, name: str, choices: list[str], label: str, description: str, default=None):
+    # Autocomplete rather than an enum: a typed value outside the list reaches our own check.
+    view = types.AutocompleteView()
+    for c in choices:
+        view.add_choice(c, label=c)
+    inputs.str(name, label=label, description=description, view=view, default=default)
+
+
+def _report(inputs, ctx, parse: Callable) -> None:
+    """Show the first problem of the current parameters; an invalid property blocks execution."""
+    try:
+        parse(ctx.params, ctx.dataset)
+    except InputError as e:
+        inputs.view("problem", types.Error(label=str(e)), invalid=True, error_message=str(e))
+
+
+def vocabulary_inputs(inputs, ctx) -> None:
+    _radio(inputs, "vocabulary_source",
+           [("text", "Type classes"), ("builtin", "Built-in vocabulary"), ("field", "Classes of a label field")],
+           "text", "Vocabulary")
+    source = ctx.params.get("vocabulary_source") or "text"
+    if source == "text":
+        inputs.str("classes", label="Classes",
+                   description="One class per line or ';'-separated; synonyms after a comma (car, automobile)",
+                   view=types.TextFieldView())
+    elif source == "builtin":
+        _suggest(inputs, "builtin_vocabulary", sources.builtin_names(), "Built-in vocabulary",
+                 "e.g. lvvis, lvis:base, ytvis2019")
+    else:
+        _suggest(inputs, "vocabulary_field", sources.label_fields(ctx.dataset), "Label field",
+                 "Use the classes found in this Detections field")
+
+
+def segment_form(ctx):
+    inputs = types.Object()
+    inputs.view_target(ctx, action_description="Segment")
+    vocabulary_inputs(inputs, ctx)
+    local = sources.local_checkpoints()
+    _suggest(inputs, "checkpoint", local, "Checkpoint",
+             "A registered checkpoint available on this machine, or a model card (.json) / .pth path",
+             default=local[0] if len(local) == 1 else None)
+    inputs.float("score_threshold", default=0.1, label="Score threshold", description="Drop tracks below this score (0-1)")
+    inputs.int("max_tracks", default=20, label="Maximum tracks per video", description="0 keeps every track")
+    inputs.int("frame_stride", default=1, label="Frame stride", description="Segment every n-th frame")
+    inputs.str("label_field", default=P.DEFAULT_FIELD, label="Label field",
+               description="Frame-level Detections field to write (replaced if it exists)")
+    inputs.bool("store_masks", default=True, label="Store masks", view=types.CheckboxView())
+    _report(inputs, ctx, P.parse_segment)
+    return types.Property(inputs, view=types.View(label="Segment video instances (clipvis)"))
+
+
+def novelty_form(ctx):
+    inputs = types.Object()
+    inputs.view_target(ctx, action_description="Score")
+    _suggest(inputs, "pred_field", sources.label_fields(ctx.dataset), "Predictions field",
+             "The Detections field written by Segment video instances")
+    _radio(inputs, "base",
+           [("lvis_base", "LVIS base (frequent + common)"), ("lvvis_base", "LV-VIS base partition"),
+            ("field", "Classes of a ground-truth field"), ("list", "A list of classes")],
+           "lvis_base", "Base vocabulary")
+    base = ctx.params.get("base") or "lvis_base"
+    if base == "field":
+        _suggest(inputs, "base_field", sources.label_fields(ctx.dataset), "Ground-truth field", "Its classes are the base")
+    elif base == "list":
+        inputs.str("base_classes", label="Base classes", description="One per line or ';'-separated",
+                   view=types.TextFieldView())
+    inputs.float("min_score", default=0.0, label="Minimum novelty to tag", description="0-1")
+    inputs.str("tag", default="novel", label="Tag for matching samples")
+    _report(inputs, ctx, P.parse_novelty)
+    return types.Property(inputs, view=types.View(label="Find novel categories (clipvis)"))
+
+
+def evaluate_form(ctx):
+    inputs = types.Object()
+    inputs.view_target(ctx, action_description="Evaluate")
+    fields = sources.label_fields(ctx.dataset)
+    _suggest(inputs, "pred_field", fields, "Predictions field", "Detections with confidences")
+    _suggest(inputs, "gt_field", fields, "Ground-truth field", "Detections with masks (or boxes)")
+    _radio(inputs, "protocol", [("ytvis", "YouTube-VIS"), ("lvvis", "LV-VIS")], "ytvis", "Protocol")
+    _report(inputs, ctx, P.parse_evaluate)
+    return types.Property(inputs, view=types.View(label="Evaluate video instances (clipvis)"))

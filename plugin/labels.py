@@ -1,0 +1,57 @@
+"""Reading and writing one sample's labels.
+
+A sample is written in one go: its labels are computed completely first, then every frame's field
+and the summary are set and saved together, so a failure never leaves a half-labelled sample.
+"""
+from __future__ import annotations
+
+from clipvis_core.export.fiftyone import SampleLabels, VideoLabels, group_tracks
+
+
+def summary_field(label_field: str) -> str:
+    return f"{label_field}_summary"
+
+
+def write_sample(sample, labels: SampleLabels, label_field: str) -> None:
+    """Replace ``label_field`` on the sample (every frame of a video) with ``labels``."""
+    if sample.media_type == "video":
+        # Frames this run did not label (stride, shorter decode) lose the previous run's labels.
+        for fn, frame in sample.frames.items():
+            if fn not in labels.frames and frame.has_field(label_field) and frame[label_field] is not None:
+                frame[label_field] = None
+        for fn, dets in labels.frames.items():
+            sample.frames[fn][label_field] = dets
+    else:
+        # An image is a one-frame video: its only frame's detections become the sample field.
+        sample[label_field] = labels.frames.get(1) or next(iter(labels.frames.values()), None)
+    sample[summary_field(label_field)] = labels.summary
+    sample.save()
+
+
+def frame_detections(sample, field: str) -> dict[int, list]:
+    """``{1-based frame: [fo.Detection]}`` of a field (an image's field is frame 1)."""
+    if sample.media_type == "video":
+        out = {}
+        for fn, frame in sample.frames.items():
+            dets = frame.get_field(field) if frame.has_field(field) else None
+            if dets is not None:
+                out[fn] = list(dets.detections)
+        return out
+    dets = sample.get_field(field) if sample.has_field(field) else None
+    return {1: list(dets.detections)} if dets is not None else {}
+
+
+def frame_size(sample) -> tuple[int, int, int]:
+    """(width, height, number of frames) from the sample's metadata (compute it first)."""
+    md = sample.metadata
+    if sample.media_type == "video":
+        return int(md.frame_width), int(md.frame_height), int(md.total_frame_count)
+    return int(md.width), int(md.height), 1
+
+
+def video_labels(sample, field: str) -> VideoLabels:
+    width, height, num_frames = frame_size(sample)
+    dets = frame_detections(sample, field)
+    # Containers sometimes under-report their frame count; never drop labelled frames.
+    num_frames = max([num_frames, *dets.keys()])
+    return group_tracks(dets, width, height, num_frames)
