@@ -37,15 +37,15 @@ def checkpoint_identity(checkpoint: str) -> str:
     return ident
 
 
-def option_names() -> set[str] | None:
-    """Field names of SegmentOptions (None while the core segmenter is not importable)."""
+def option_defaults() -> dict[str, Any] | None:
+    """SegmentOptions field -> default (None while the core segmenter is not importable)."""
     try:
         from ..segmenter import SegmentOptions
     except ModuleNotFoundError as e:
         if e.name and e.name.endswith("segmenter"):
             return None
         raise
-    return {f.name for f in fields(SegmentOptions)}
+    return {f.name: f.default for f in fields(SegmentOptions)}
 
 
 @dataclass
@@ -73,13 +73,17 @@ class JobSpec:
         if not self.checkpoint:
             raise InputError("job checkpoint is empty: give a registered name, a model card .json or a .pth")
         self.checkpoint = str(self.checkpoint)
-        # Unset options are left out so {} and {"window": None} address the same result.
-        self.options = {k: v for k, v in dict(self.options or {}).items() if v is not None}
-        known = option_names()
-        if known is not None:
-            unknown = sorted(set(self.options) - known)
+        if not isinstance(self.options or {}, dict):
+            raise InputError(f"job options must be a mapping of SegmentOptions fields, got {type(self.options).__name__}")
+        defaults = option_defaults()
+        if defaults is not None:
+            unknown = sorted(set(self.options or {}) - set(defaults))
             if unknown:
-                raise InputError(f"unknown inference option(s) {unknown}; valid: {sorted(known)}")
+                raise InputError(f"unknown inference option(s) {unknown}; valid: {sorted(defaults)}")
+        # Options left at their default are dropped so {} and {"frame_stride": 1} share one result.
+        defaults = defaults or {}
+        self.options = {k: v for k, v in dict(self.options or {}).items()
+                        if v is not None and not (k in defaults and defaults[k] == v)}
 
     @property
     def is_url(self) -> bool:

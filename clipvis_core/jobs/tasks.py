@@ -36,7 +36,8 @@ def register(app, settings: JobSettings) -> None:
     # Sent in each pool process (and by the solo pool): the model is built there, never in a parent.
     worker_process_init.connect(lambda **_: warm_up(), weak=False)
 
-    @app.task(name="clipvis.segment", bind=True, max_retries=5, acks_late=True)
+    # throws=: expected failures are logged as one line, without a traceback.
+    @app.task(name="clipvis.segment", bind=True, max_retries=5, acks_late=True, throws=(never,))
     def segment(self, spec_dict: dict) -> dict:
         from .runner import JobCancelled, run_job
         from .spec import JobSpec
