@@ -1,0 +1,61 @@
+"""Backend settings, read from the environment once per process (the serve command sets them)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clipvis_core.errors import InputError
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise InputError(f"{name}={raw!r} is not a number: set it to e.g. {default}") from None
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    checkpoint: str
+    # Seconds /predict waits for a running job; Label Studio gives the whole request 100 s.
+    predict_budget_s: float = 60.0
+    # Label Studio origin and API key for pushing finished predictions (fall back to /setup's).
+    ls_url: str | None = None
+    api_key: str | None = None
+    # Extra origins ("https://cdn.example.com") task media may come from.
+    allowed_hosts: tuple[str, ...] = ()
+    # Local files (Label Studio local storage) are read directly only under this root.
+    document_root: Path | None = None
+    max_media_bytes: int = 2 << 30
+    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "clipvis" / "labelstudio")
+    score_threshold: float = 0.3
+    frame_stride: int = 1
+    workers: int = 1  # inference jobs run at once in this process (fallback runner)
+
+    @classmethod
+    def from_env(cls, **overrides) -> "BackendSettings":
+        env = os.environ
+        checkpoint = overrides.pop("checkpoint", None) or env.get("CLIPVIS_CHECKPOINT")
+        if not checkpoint:
+            raise InputError("no checkpoint: set CLIPVIS_CHECKPOINT (a registered name, model card .json or .pth)")
+        root = env.get("LOCAL_FILES_DOCUMENT_ROOT")
+        values = dict(
+            checkpoint=checkpoint,
+            predict_budget_s=_float("CLIPVIS_PREDICT_BUDGET", 60.0),
+            ls_url=(env.get("LABEL_STUDIO_URL") or None),
+            api_key=(env.get("LABEL_STUDIO_API_KEY") or None),
+            allowed_hosts=tuple(h.strip().rstrip("/") for h in env.get("CLIPVIS_ALLOWED_MEDIA_HOSTS", "").split(",") if h.strip()),
+            document_root=Path(root).resolve() if root else None,
+            max_media_bytes=int(_float("CLIPVIS_MAX_MEDIA_MB", 2048) * (1 << 20)),
+            cache_dir=Path(env["CLIPVIS_CACHE_DIR"]) / "labelstudio" if env.get("CLIPVIS_CACHE_DIR") else cls.__dataclass_fields__["cache_dir"].default_factory(),
+            score_threshold=_float("CLIPVIS_SCORE_THRESHOLD", 0.3),
+            frame_stride=int(_float("CLIPVIS_FRAME_STRIDE", 1)),
+        )
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if values["predict_budget_s"] >= 95:
+            raise InputError("CLIPVIS_PREDICT_BUDGET must stay well under Label Studio's 100 s /predict timeout (e.g. 60)")
+        return cls(**values)
