@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,7 +142,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The model state dict of a detectron2 checkpoint (``{"model": ...}``) or a bare state dict."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+    except Exception as e:  # corrupt files raise anything from the unpickler
         raise WeightsError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]} (is it a PyTorch .pth file?)") from None
     sd = obj.get("model", obj) if isinstance(obj, dict) else None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -213,7 +212,7 @@ def _pretrained_clip(resolved: ResolvedCheckpoint) -> dict[str, torch.Tensor]:
         raise WeightsError("checkpoint has no CLIP weights (backbone.clip_model.*) and no CLIP weights are configured: set CLIPVIS_CLIP_WEIGHTS=/path/to/open_clip_weights.bin")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time
     try:
-        return load_pretrained_clip(cfg.clip_model_name, source, cache_dir=os.environ.get("CLIPVIS_OPEN_CLIP_CACHE"))
+        return load_pretrained_clip(cfg.clip_model_name, cfg.clip_model_cfg, source, cache_dir=os.environ.get("CLIPVIS_OPEN_CLIP_CACHE"))
     except Exception as e:  # open_clip raises RuntimeError / HF errors / OSError for absent weights
         raise WeightsError(
             f"checkpoint has no CLIP weights and open_clip '{cfg.clip_model_name}' / '{source}' is not in the local cache "

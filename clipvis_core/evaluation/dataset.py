@@ -85,10 +85,14 @@ def _int(value: Any, where: str, field: str) -> int:
 
 def to_rle(seg: Any, height: int, width: int, where: str) -> dict | None:
     """One frame's segmentation -> pycocotools RLE with bytes counts (None stays None)."""
-    from pycocotools import mask as mask_utils
-
     if seg is None:
         return None
+    if isinstance(seg, dict):  # the common case first: compressed RLE (called per frame, keep it lean)
+        size, counts = seg.get("size"), seg.get("counts")
+        if isinstance(counts, str) and isinstance(size, list) and len(size) == 2 and size[0] == height and size[1] == width:
+            return {"size": size, "counts": counts.encode("ascii")}
+    from pycocotools import mask as mask_utils
+
     if isinstance(seg, list):  # polygons
         if not seg:
             return None

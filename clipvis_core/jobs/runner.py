@@ -100,7 +100,7 @@ def _smaller(options, seg) -> object:
     """Half the window and 3/4 of the resolution: the one-off fallback after a CUDA OOM."""
     from ..config import InferenceConfig
 
-    inf = getattr(getattr(seg, "config", None), "inference", None) or InferenceConfig()
+    inf = getattr(getattr(seg, "cfg", None), "inference", None) or InferenceConfig()
     window = options.window or inf.window
     min_size = options.min_size or inf.min_size
     max_size = options.max_size or inf.max_size
@@ -124,7 +124,7 @@ def _execute(spec: JobSpec, settings: JobSettings, progress, should_stop) -> Vid
             progress(p)
 
     try:
-        options = SegmentOptions(**spec.options)
+        options = SegmentOptions.from_dict(spec.options)
     except TypeError as e:
         raise InputError(f"invalid inference options {spec.options}: {e}") from None
     vocabulary = Vocabulary.from_names(spec.vocabulary)
@@ -133,7 +133,7 @@ def _execute(spec: JobSpec, settings: JobSettings, progress, should_stop) -> Vid
         if should_stop is not None and should_stop():
             raise JobCancelled(f"job for {spec.media} was cancelled")
         try:
-            return seg.segment(source, vocabulary, options, progress=on_frame)
+            tracks = seg.segment(source, vocabulary, options, progress=on_frame)
         except Exception as e:
             if not _is_cuda_oom(e):
                 raise
@@ -143,4 +143,7 @@ def _execute(spec: JobSpec, settings: JobSettings, progress, should_stop) -> Vid
             import torch
 
             torch.cuda.empty_cache()
-            return seg.segment(source, vocabulary, smaller, progress=on_frame)
+            tracks = seg.segment(source, vocabulary, smaller, progress=on_frame)
+    if spec.is_url:
+        tracks.video.source = spec.media  # not the deleted temp download
+    return tracks

@@ -38,8 +38,7 @@ class JobSettings:
 
     @classmethod
     def from_env(cls) -> "JobSettings":
-        home_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "clipvis"
-        cache_dir = Path(os.environ.get("CLIPVIS_CACHE_DIR") or home_cache).expanduser()
+        cache_dir = Path(os.environ.get("CLIPVIS_CACHE_DIR") or Path.home() / ".cache" / "clipvis").expanduser()
         broker = os.environ.get("CLIPVIS_BROKER_URL") or None
         return cls(
             broker_url=broker,

@@ -12,7 +12,6 @@ import time
 from .settings import JobSettings
 
 log = logging.getLogger("clipvis.jobs")
-_warm: dict = {}
 
 
 def _transient_errors() -> tuple[type[BaseException], ...]:
@@ -78,16 +77,10 @@ def register(app, settings: JobSettings) -> None:
 def warm_up() -> None:
     """Build the model of ``CLIPVIS_WARMUP_CHECKPOINT`` once in this worker process (never in a parent)."""
     checkpoint = os.environ.get("CLIPVIS_WARMUP_CHECKPOINT")
-    if not checkpoint or _warm.get(os.getpid()):
+    if not checkpoint:
         return
     from ..segmenter import get_segmenter
 
     started = time.monotonic()
-    seg = get_segmenter(checkpoint, device=os.environ.get("CLIPVIS_DEVICE", "auto"))
-    for attr in ("load", "build", "warm_up"):
-        fn = getattr(seg, attr, None)
-        if callable(fn):
-            fn()
-            break
-    _warm[os.getpid()] = True
+    get_segmenter(checkpoint, device=os.environ.get("CLIPVIS_DEVICE", "auto"))  # builds and caches the model
     log.info("warmed up %s in %.1fs (pid %d)", checkpoint, time.monotonic() - started, os.getpid())

@@ -37,14 +37,23 @@ def build_clip_model(model_name: str, model_cfg: dict | None = None) -> nn.Modul
         cfg = dict(model_cfg)
         cfg.pop("custom_text", None)
         return open_clip.CLIP(**cfg)
-    return open_clip.create_model(model_name, pretrained=None)
+    # Honour a surrounding `with torch.device("meta")` (shape-only builds).
+    return open_clip.create_model(model_name, pretrained=None, device=torch.get_default_device())
 
 
-def load_pretrained_clip(model_name: str, pretrained: str, cache_dir: str | None = None) -> dict[str, torch.Tensor]:
-    """CLIP weights from a local file or an open_clip tag already in the open_clip / HF cache (offline)."""
+def load_pretrained_clip(model_name: str, model_cfg: dict | None, source: str, cache_dir: str | None = None) -> dict[str, torch.Tensor]:
+    """CLIP weights from a local file, or an open_clip tag already in the open_clip / HF cache (offline)."""
+    import os
+
     import open_clip
 
-    model = open_clip.create_model(model_name, pretrained=pretrained, cache_dir=cache_dir, require_pretrained=True)
+    if os.path.isfile(source):
+        sd = torch.load(source, map_location="cpu", weights_only=True)
+        sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+        model = build_clip_model(model_name, model_cfg)
+        model.load_state_dict({k.removeprefix("module."): v for k, v in sd.items()}, strict=True)
+        return model.state_dict()
+    model = open_clip.create_model(model_name, pretrained=source, cache_dir=cache_dir, require_pretrained=True)
     return model.state_dict()
 
 
@@ -67,7 +76,7 @@ class ClipAdapter(nn.Module):
         elif hasattr(visual, "attnpool") and hasattr(visual, "layer4"):
             self.kind = "resnet"
             channels = [int(visual.bn3.num_features)] + [
-                int(getattr(visual, f"layer{i}")[-1].bn3.num_features) * 1 for i in range(1, 5)
+                int(getattr(visual, f"layer{i}")[-1].bn3.num_features) for i in range(1, 5)
             ]
         else:
             raise ValueError(f"unsupported CLIP visual tower {type(visual).__name__}: CLIP-VIS needs ConvNeXt or ModifiedResNet")
