@@ -91,10 +91,11 @@ class MediaFetcher:
         self._locks_guard = threading.Lock()
 
     # -- classification -------------------------------------------------------------------------
-    def fetch(self, url: str, default_suffix: str = ".mp4") -> Path:
+    def fetch(self, url: str, default_suffix: str = ".mp4", download: bool = True) -> Path | None:
         """Local path of the task media ``url`` (downloaded into the cache when remote).
 
-        ``default_suffix`` names a download whose URL and Content-Type say nothing of its format."""
+        ``default_suffix`` names a download whose URL and Content-Type say nothing of its format.
+        ``download=False``: None instead of downloading (policy checks still apply)."""
         if not isinstance(url, str) or not url.strip():
             raise MediaRefused("task has no media URL in the field the labeling config names")
         url = url.strip()
@@ -106,7 +107,7 @@ class MediaFetcher:
             raise MediaRefused(f"media path with '..' refused: {url}")
         if p.scheme in ("http", "https"):
             local = self._local_files_path(url) if origin(url) == self.ls_origin else None
-            return local or self._download(url, default_suffix)
+            return local or self._download(url, default_suffix, download)
         if p.scheme:
             raise MediaRefused(f"media URL scheme {p.scheme}:// is not supported ({url}): let Label Studio "
                                "serve it (http) or put it under LOCAL_FILES_DOCUMENT_ROOT")
@@ -114,7 +115,7 @@ class MediaFetcher:
             if not self.ls_url:
                 raise MediaRefused(f"relative media URL {url} but the Label Studio host is unknown: "
                                    "connect the backend from Label Studio or set LABEL_STUDIO_URL")
-            return self._local_files_path(url) or self._download(self.ls_url + url, default_suffix)
+            return self._local_files_path(url) or self._download(self.ls_url + url, default_suffix, download)
         return self._local_path(unquote(p.path))
 
     def _local_files_path(self, url: str) -> Path | None:
@@ -149,13 +150,18 @@ class MediaFetcher:
                                "(add origins with CLIPVIS_ALLOWED_MEDIA_HOSTS)")
 
     # -- download -------------------------------------------------------------------------------
-    def _download(self, url: str, default_suffix: str) -> Path:
+    def _cached(self, key: str) -> Path | None:
+        return next(self.cache_dir.glob(f"{key}.*"), None) if self.cache_dir.exists() else None
+
+    def _download(self, url: str, default_suffix: str, download: bool = True) -> Path | None:
         self._check_origin(url)
         key = hashlib.sha256(url.encode()).hexdigest()[:24]
+        if not download:
+            return self._cached(key)
         with self._locks_guard:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:  # one download per URL; concurrent requests wait and reuse it
-            done = next(self.cache_dir.glob(f"{key}.*"), None) if self.cache_dir.exists() else None
+            done = self._cached(key)
             if done is not None:
                 return done
             return self._get(url, key, default_suffix)

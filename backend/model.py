@@ -62,6 +62,9 @@ class ClipvisBackend(LabelStudioMLBase):
         opts = {"score_threshold": self.settings.score_threshold}
         if self.settings.frame_stride > 1:
             opts["frame_stride"] = self.settings.frame_stride
+        for name in ("min_size", "max_size"):
+            if getattr(self.settings, name):
+                opts[name] = getattr(self.settings, name)
         return tuple(sorted(opts.items()))
 
     def start(self, task: dict) -> TaskJob:
@@ -73,7 +76,12 @@ class ClipvisBackend(LabelStudioMLBase):
         data = task.get("data") or {}
         for (key, kind, prompts), targets in groups.items():
             req = runner.Request(data.get(key), kind, prompts, self.settings.checkpoint, self.options())
-            parts.append((targets, runner.start(req, self.fetcher)))
+            try:
+                fut = runner.start(req, self.fetcher)
+            except ClipvisError as e:  # refused media: this task fails, the batch goes on
+                fut = Future()
+                fut.set_exception(e)
+            parts.append((targets, fut))
         return TaskJob(task, parts)
 
     def prediction(self, job: TaskJob) -> dict:

@@ -55,7 +55,17 @@ def _executor() -> ThreadPoolExecutor:
 
 
 def start(request: Request, fetcher: MediaFetcher) -> Future:
-    """A future of ``Outcome`` for ``request`` (the running one if an identical request is in flight)."""
+    """A future of ``Outcome`` for ``request`` (the running one if an identical request is in flight).
+
+    Media that is already local with its result in the store comes back as a finished future,
+    so ``/predict`` answers stored results at once whatever its budget."""
+    path = fetcher.fetch(request.media_url, _suffix(request), download=False)  # refusals raise here
+    if path is not None:
+        tracks = lookup(_spec(request, path))
+        if tracks is not None:
+            done: Future = Future()
+            done.set_result(_outcome(request, path, tracks))
+            return done
     pool = _executor()
     with _lock:
         running = _inflight.get(request.ident)
@@ -74,13 +84,25 @@ def _forget(ident: tuple, fut: Future) -> None:
             del _inflight[ident]
 
 
-def _produce(request: Request, fetcher: MediaFetcher) -> Outcome:
-    path = fetcher.fetch(request.media_url, default_suffix=".mp4" if request.kind == "video" else ".jpg")
-    spec = JobSpec(media=str(path), vocabulary=list(request.prompts), checkpoint=request.checkpoint,
+def _suffix(request: Request) -> str:
+    return ".mp4" if request.kind == "video" else ".jpg"
+
+
+def _spec(request: Request, path: Path) -> JobSpec:
+    return JobSpec(media=str(path), vocabulary=list(request.prompts), checkpoint=request.checkpoint,
                    options=dict(request.options))
+
+
+def _produce(request: Request, fetcher: MediaFetcher) -> Outcome:
+    path = fetcher.fetch(request.media_url, _suffix(request))
+    spec = _spec(request, path)
     tracks = lookup(spec)
     if tracks is None:
         tracks = submit(spec).wait()
+    return _outcome(request, path, tracks)
+
+
+def _outcome(request: Request, path: Path, tracks: VideoTracks) -> Outcome:
     info = tracks.video
     frames = info.num_frames
     if request.kind == "video" and info.frame_indices and info.frame_indices != list(range(info.num_frames)):

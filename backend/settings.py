@@ -34,6 +34,9 @@ class BackendSettings:
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "clipvis" / "labelstudio")
     score_threshold: float = 0.3
     frame_stride: int = 1
+    # Inference resolution (shorter side / cap on the longer side); None = the checkpoint's.
+    min_size: int | None = None
+    max_size: int | None = None
     workers: int = 1  # inference jobs run at once in this process (fallback runner)
 
     @classmethod
@@ -54,6 +57,8 @@ class BackendSettings:
             cache_dir=Path(env["CLIPVIS_CACHE_DIR"]) / "labelstudio" if env.get("CLIPVIS_CACHE_DIR") else cls.__dataclass_fields__["cache_dir"].default_factory(),
             score_threshold=_float("CLIPVIS_SCORE_THRESHOLD", 0.3),
             frame_stride=int(_float("CLIPVIS_FRAME_STRIDE", 1)),
+            min_size=int(_float("CLIPVIS_MIN_SIZE", 0)) or None,
+            max_size=int(_float("CLIPVIS_MAX_SIZE", 0)) or None,
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["predict_budget_s"] >= 95:
