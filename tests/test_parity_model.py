@@ -57,7 +57,7 @@ def test_config_read_from_fixture(ref):
     assert cfg.decoder.num_layers == ref["dec_aux_pred_masks"].shape[0]
 
 
-@pytest.mark.parametrize("impl", ["gather", "grid_sample"])
+@pytest.mark.parametrize("impl", ["bag", "grid_sample"])
 def test_network_stages(seg, ref, impl, monkeypatch):
     monkeypatch.setattr(deform_attn.MSDeformAttn, "impl", impl)
     x = torch.from_numpy(ref["input_images_tensor"])

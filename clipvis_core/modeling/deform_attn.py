@@ -1,9 +1,9 @@
 """Multi-scale deformable attention (Deformable DETR) in pure PyTorch, CPU and CUDA.
 
 Same math as upstream's ``ms_deform_attn_core_pytorch`` (bilinear sampling, zero padding,
-align_corners=False), evaluated without ``grid_sample``'s [N*M, D, Lq, P] intermediates: each
-sampling point gathers its four neighbours from the flattened value map and the bilinear and
-attention weights are folded together before one weighted sum.
+align_corners=False). The default path avoids ``grid_sample``'s [N*M, D, Lq, L*P] intermediate
+(memory-bound, the largest single cost upstream) by folding bilinear and attention weights into one
+weighted ``embedding_bag`` over the flattened value map.
 """
 from __future__ import annotations
 
@@ -29,69 +29,59 @@ def ms_deform_attn_grid_sample(value, spatial_shapes, sampling_locations, attent
     return out.transpose(1, 2).contiguous()
 
 
-def ms_deform_attn_gather(value, spatial_shapes, sampling_locations, attention_weights, chunk: int = 4096):
-    """Fast path: gather-based bilinear sampling fused with the attention weights.
+def ms_deform_attn_bag(value, spatial_shapes, sampling_locations, attention_weights):
+    """Fast path: bilinear sampling fused with the attention weights as one ``embedding_bag``.
 
-    value [N, S, M, D]; sampling_locations [N, Lq, M, L, P, 2] (x, y in [0, 1]); attention_weights
-    [N, Lq, M, L, P]. Returns [N, Lq, M*D]. Queries are processed in chunks to bound memory.
+    Every (frame, query, head) output is a weighted sum of 4 * L * P rows of the value table (the
+    four bilinear neighbours of each sampling point), so ``F.embedding_bag(mode="sum")`` with
+    per-sample weights computes it without materialising sampled values. Each level's map gets a
+    zero border (1 before, 2 after) and coordinates are clamped to [-1, size]: a point outside the
+    map then lands on zeros with unchanged weights, which is ``grid_sample``'s zero padding without
+    any validity masks. value [N, S, M, D]; sampling_locations [N, Lq, M, L, P, 2] (x, y in [0, 1]);
+    attention_weights [N, Lq, M, L, P]. Returns [N, Lq, M*D].
     """
     n, s, m, d = value.shape
     _, lq, _, num_levels, p, _ = sampling_locations.shape
-    # [N*M, S, D]: one contiguous value table per (frame, head).
-    v = value.permute(0, 2, 1, 3).reshape(n * m, s, d)
-    starts, offset = [], 0
-    for h, w in spatial_shapes:
-        starts.append(offset)
-        offset += int(h) * int(w)
-    hw = torch.tensor([[int(h), int(w)] for h, w in spatial_shapes], device=value.device, dtype=value.dtype)
-    start_t = torch.tensor(starts, device=value.device, dtype=torch.long)
-    outs = []
-    for q0 in range(0, lq, chunk):
-        loc = sampling_locations[:, q0:q0 + chunk]  # [N, q, M, L, P, 2]
-        aw = attention_weights[:, q0:q0 + chunk]
-        q = loc.shape[1]
-        loc = loc.permute(0, 2, 1, 3, 4, 5)  # [N, M, q, L, P, 2]
-        aw = aw.permute(0, 2, 1, 3, 4)  # [N, M, q, L, P]
-        w_l = hw[:, 1].view(1, 1, 1, num_levels, 1)
-        h_l = hw[:, 0].view(1, 1, 1, num_levels, 1)
-        # Pixel coordinates with align_corners=False: centre of pixel i is at i + 0.5.
-        x = loc[..., 0] * w_l - 0.5
-        y = loc[..., 1] * h_l - 0.5
-        x0 = torch.floor(x)
-        y0 = torch.floor(y)
-        fx = x - x0
-        fy = y - y0
-        x0 = x0.long()
-        y0 = y0.long()
-        wl = w_l.long()
-        hl = h_l.long()
-        st = start_t.view(1, 1, 1, num_levels, 1)
-        acc = None
-        idx_all, wt_all = [], []
-        for dy, wy in ((0, 1 - fy), (1, fy)):
-            for dx, wx in ((0, 1 - fx), (1, fx)):
-                xi = x0 + dx
-                yi = y0 + dy
-                valid = (xi >= 0) & (xi < wl) & (yi >= 0) & (yi < hl)
-                idx = st + yi.clamp(0, None) * wl + xi.clamp(0, None)
-                idx = torch.where(valid, idx, torch.zeros_like(idx))
-                wt = wx * wy * aw * valid.to(aw.dtype)
-                idx_all.append(idx)
-                wt_all.append(wt)
-        idx = torch.stack(idx_all, -1).reshape(n * m, q * num_levels * p * 4)  # [N*M, q*L*P*4]
-        wt = torch.stack(wt_all, -1).reshape(n * m, q, num_levels * p * 4)
-        gathered = torch.gather(v, 1, idx.unsqueeze(-1).expand(-1, -1, d))  # [N*M, q*L*P*4, D]
-        gathered = gathered.view(n * m, q, num_levels * p * 4, d)
-        acc = torch.einsum("bqk,bqkd->bqd", wt, gathered)  # [N*M, q, D]
-        outs.append(acc.view(n, m, q, d).permute(0, 2, 1, 3).reshape(n, q, m * d))
-    return torch.cat(outs, dim=1)
+    dev = value.device
+    blocks, starts, offsets, start = [], [], [], 0
+    for lvl, (h, w) in enumerate(spatial_shapes):
+        h, w = int(h), int(w)
+        v = value[:, start:start + h * w].reshape(n, h, w, m, d)
+        v = F.pad(v.permute(0, 3, 4, 1, 2), (1, 2, 1, 2))  # [N, M, D, h+3, w+3]
+        blocks.append(v.permute(0, 1, 3, 4, 2).reshape(n * m, -1, d))
+        starts.append(sum(b.shape[1] for b in blocks[:-1]))
+        offsets.append((0, 1, w + 3, w + 4))
+        start += h * w
+    table = torch.cat(blocks, 1)  # [N*M, S_padded, D]
+    s_pad = table.shape[1]
+    table = table.reshape(-1, d)
+    size = torch.tensor([[int(w), int(h)] for h, w in spatial_shapes], device=dev, dtype=sampling_locations.dtype)
+    # Pixel coordinates with align_corners=False: the centre of pixel i sits at i + 0.5.
+    xy = (sampling_locations * size.view(1, 1, 1, num_levels, 1, 2) - 0.5).clamp_(min=-1.0)
+    xy = torch.minimum(xy, size.view(1, 1, 1, num_levels, 1, 2))
+    xy0 = xy.floor()
+    frac = xy - xy0
+    xy0 = xy0.long() + 1  # into the bordered map
+    width = (size[:, 0].long() + 3).view(1, 1, 1, num_levels, 1)
+    lvl_start = torch.tensor(starts, device=dev).view(1, 1, 1, num_levels, 1)
+    head = (torch.arange(n, device=dev).view(n, 1, 1) * m + torch.arange(m, device=dev).view(1, 1, m)) * s_pad
+    top_left = head.view(n, 1, m, 1, 1) + lvl_start + xy0[..., 1] * width + xy0[..., 0]
+    corner = torch.tensor(offsets, device=dev).view(1, 1, 1, num_levels, 1, 4)
+    idx = (top_left.unsqueeze(-1) + corner).reshape(n * lq * m, num_levels * p * 4)
+    fx, fy = frac.unbind(-1)
+    gx = torch.stack((1 - fx, fx), -1)
+    gy = torch.stack((1 - fy, fy), -1) * attention_weights.unsqueeze(-1)
+    # corner order (dy, dx) = 00, 01, 10, 11, as in `offsets`
+    wts = (gy.unsqueeze(-1) * gx.unsqueeze(-2)).reshape(n * lq * m, num_levels * p * 4)
+    out = F.embedding_bag(idx, table, per_sample_weights=wts.to(value.dtype), mode="sum")
+    return out.view(n, lq, m * d)
 
 
 class MSDeformAttn(nn.Module):
     """Parameter names match upstream (``sampling_offsets``, ``attention_weights``, ``value_proj``, ``output_proj``)."""
 
-    # "gather" (fast, default) or "grid_sample" (upstream's exact formulation).
-    impl = "gather"
+    # "bag" (fast, default) or "grid_sample" (upstream's exact formulation).
+    impl = "bag"
 
     def __init__(self, d_model: int, n_levels: int, n_heads: int, n_points: int):
         super().__init__()
@@ -113,6 +103,6 @@ class MSDeformAttn(nn.Module):
         shapes = torch.as_tensor(spatial_shapes, dtype=query.dtype, device=query.device)
         normalizer = torch.stack([shapes[:, 1], shapes[:, 0]], -1)  # (w, h)
         locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-        core = ms_deform_attn_gather if self.impl == "gather" else ms_deform_attn_grid_sample
+        core = ms_deform_attn_bag if self.impl == "bag" else ms_deform_attn_grid_sample
         out = core(value, spatial_shapes, locations, attn)
         return self.output_proj(out)
