@@ -170,6 +170,7 @@ def write_overlay(tracks: VideoTracks, path: str | os.PathLike, source: str | os
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{path.suffix.lower()}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the overlay is meant to be served/shared
     writer = (_FfmpegWriter if use_ffmpeg else _OpenCVWriter)(tmp, width, height, fps)
     try:
         with reader:
