@@ -41,7 +41,7 @@ def make_app(settings: JobSettings):
         },
         result_backend_transport_options={"visibility_timeout": vt},
     )
-    tasks.register(app, settings)
+    tasks.register(app)
     return app
 
 

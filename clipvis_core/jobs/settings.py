@@ -35,6 +35,7 @@ class JobSettings:
     time_limit: float  # s per job, enforced between frames (and as Celery's hard limit + grace)
     max_download_mb: float
     progress_interval: float  # s between PROGRESS state writes
+    retry_backoff: float  # s before the first retry of a transient failure (doubles each retry)
 
     @classmethod
     def from_env(cls) -> "JobSettings":
@@ -52,6 +53,7 @@ class JobSettings:
             time_limit=_env_float("CLIPVIS_JOB_TIME_LIMIT", 3 * 3600.0),
             max_download_mb=_env_float("CLIPVIS_MAX_DOWNLOAD_MB", 4096.0),
             progress_interval=_env_float("CLIPVIS_PROGRESS_INTERVAL", 0.25),
+            retry_backoff=_env_float("CLIPVIS_RETRY_BACKOFF", 5.0),
         )
 
     @property

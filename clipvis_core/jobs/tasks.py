@@ -25,13 +25,12 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
             redis.exceptions.TimeoutError), ClipvisError
 
 
-def register(app, settings: JobSettings) -> None:
+def register(app) -> None:
     from celery.exceptions import Ignore
 
     from celery.signals import worker_process_init
 
     transient, never = _transient_errors()
-    prefix = settings.redis_prefix
     # Sent in each pool process (and by the solo pool): the model is built there, never in a parent.
     worker_process_init.connect(lambda **_: warm_up(), weak=False)
 
@@ -45,7 +44,7 @@ def register(app, settings: JobSettings) -> None:
         job_id = self.request.id
         cfg = JobSettings.from_env()
         rc = redis_client(cfg.redis_url) if cfg.redis_url else None
-        cancel_key = f"{prefix}:cancel:{job_id}"
+        cancel_key = f"{cfg.redis_prefix}:cancel:{job_id}"
         last = [0.0]
 
         def cancelled() -> bool:
@@ -58,6 +57,7 @@ def register(app, settings: JobSettings) -> None:
                 self.update_state(state="PROGRESS", meta={"frames_done": p.frames_done, "frames_total": p.frames_total,
                                                           "fps": p.fps, "key": spec.key()})
 
+        started_at, t0 = time.time(), time.monotonic()
         spec = JobSpec.from_dict(spec_dict)
         try:
             run_job(spec, progress, should_stop=cancelled, settings=cfg)
@@ -69,9 +69,10 @@ def register(app, settings: JobSettings) -> None:
             raise
         except transient as e:
             log.warning("transient failure of job %s (%s: %s); retrying", job_id, type(e).__name__, e)
-            backoff = min(600, 2 ** self.request.retries * 5)
+            backoff = min(600.0, cfg.retry_backoff * 2 ** self.request.retries)
             raise self.retry(exc=e, countdown=backoff)
-        return {"key": spec.key()}
+        # The result itself is in the store; the backend keeps only where and how long.
+        return {"key": spec.key(), "started_at": started_at, "seconds": time.monotonic() - t0}
 
 
 def warm_up() -> None:
