@@ -209,3 +209,14 @@ def test_explicit_frame_indices_reread_a_selection(tmp_path):
     assert open_video(d, frame_indices=[1, 4]).info.num_frames == 2
     with pytest.raises(InputError, match="has 25 frames"):
         open_video(path, frame_indices=[0, 30])
+
+
+def test_rotation_metadata_applied(tmp_path):
+    src = make_video(tmp_path / "v.mp4", 5, 48, 80, codec="h264")
+    rot = tmp_path / "rot.mp4"
+    # A phone-style portrait clip: landscape pixels plus a 90 degree display rotation.
+    subprocess.run(["ffmpeg", "-y", "-loglevel", "error", "-i", str(src), "-c", "copy",
+                    "-metadata:s:v:0", "rotate=90", str(rot)], check=True)
+    reader = open_video(rot)
+    assert (reader.info.width, reader.info.height) == (48, 80)
+    assert all(f.shape == (80, 48, 3) for _, f in reader)
