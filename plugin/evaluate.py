@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from clipvis_core.export.fiftyone import to_ytvis
 
+from . import sources
 from .labels import video_labels
 from .params import EvalRequest
 
@@ -24,7 +25,9 @@ def export_ytvis(view, gt_field: str, pred_field: str) -> YtvisExport:
     """Ground truth + results of a view in YTVIS format (masks pasted back to full frames)."""
     view.compute_metadata()  # frame sizes; a no-op for samples that have metadata
     ids, gts, preds = [], [], []
-    for sample in view.select_fields([gt_field, pred_field]).iter_samples():
+    dataset = view._root_dataset
+    paths = [sources.check_label_field(dataset, f, f) for f in (gt_field, pred_field)]
+    for sample in view.select_fields(paths).iter_samples():
         ids.append(sample.id)
         gts.append(video_labels(sample, gt_field))
         preds.append(video_labels(sample, pred_field))

@@ -19,7 +19,8 @@ def _radio(inputs, name: str, choices: list[tuple[str, str]], default: str, labe
     view = types.RadioGroup()
     for value, text in choices:
         view.add_choice(value, label=text)
-    inputs.enum(name, view.values(), default=default, label=label, view=view, **kw)
+    # A string, not an enum: an unknown value gets our message (naming the choices), not "Invalid enum value".
+    inputs.str(name, default=default, label=label, view=view, **kw)
 
 
 def _suggest(inputs, name: str, choices: list[str], label: str, description: str, default=None):

@@ -23,9 +23,27 @@ class SegmentSummary:
     model: str
 
 
+def check_media(view, frame_stride: int) -> list[str]:
+    """Open every sample's media before the first write: unreadable files fail the run up front.
+
+    Opening decodes one frame and counts frames, so this costs little next to the segmentation.
+    """
+    from clipvis_core.errors import InputError
+    from clipvis_core.video import open_video
+
+    paths = view.values("filepath")
+    for path in paths:
+        try:
+            with open_video(path, frame_stride=frame_stride):
+                pass
+        except InputError as e:
+            raise InputError(f"sample {path}: {e}") from None
+    return paths
+
+
 def segment_view(view, req: SegmentRequest, progress: Progress | None = None) -> SegmentSummary:
     dataset = view._root_dataset
-    n = len(view)
+    n = len(check_media(view, req.frame_stride))
     total_tracks, classes, model = 0, set(), ""
     # Only the path is read here; writes go through the full sample so frames can be replaced.
     for i, sample in enumerate(view.select_fields().iter_samples()):

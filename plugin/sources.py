@@ -144,17 +144,16 @@ def resolve_base_names(params: dict, dataset) -> tuple[frozenset[str], str]:
 # ---- checkpoints ----------------------------------------------------------------------------
 def local_checkpoints() -> list[str]:
     """Registered checkpoint names whose weights are on this machine."""
-    try:
-        from clipvis_core import weights
-    except ModuleNotFoundError as e:  # the weights registry is not in this build yet
-        if e.name != "clipvis_core.weights":
-            raise
-        return []
-    return sorted(weights.list_local_checkpoints())
+    from clipvis_core import weights
+
+    return sorted(weights.available_checkpoints())
 
 
 def check_checkpoint(value: str | None) -> str:
-    """A registered name available locally, or a model card (.json) / checkpoint (.pth) path."""
+    """A registered name available locally, ``random:<config>``, or a model card (.json) / .pth path."""
+    from clipvis_core import weights
+    from clipvis_core.errors import WeightsError
+
     value = (value or "").strip()
     local = local_checkpoints()
     if not value:
@@ -164,7 +163,13 @@ def check_checkpoint(value: str | None) -> str:
     if value in local:
         return value
     path = Path(value).expanduser()
-    if path.suffix in (".json", ".pth") and path.is_file():
+    if value.startswith("random:") or (path.suffix == ".json" and path.is_file()):
+        try:
+            weights.resolve_checkpoint(value)  # cheap for these two: reads a card, no weights
+        except WeightsError as e:
+            raise InputError(str(e)) from None
+        return value
+    if path.suffix in (".pth", ".pt") and path.is_file():
         return str(path)
     raise InputError(f"unknown checkpoint {value!r}: use a locally available name "
-                     f"({', '.join(local) or 'none; run clipvis weights download'}) or an existing .json/.pth file")
+                     f"({', '.join(local) or 'none downloaded; see clipvis checkpoints'}) or an existing .json/.pth file")

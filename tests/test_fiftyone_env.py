@@ -88,6 +88,7 @@ def fo_session(tmp_path_factory) -> FoSession:
     os.environ.pop("CLIPVIS_BROKER_URL", None)  # in-process jobs unless a test says otherwise
     fo.config.database_uri = env["FIFTYONE_DATABASE_URI"]
     fo.config.plugins_dir = str(plugins)
+    fo.config.database_validation = False
     fodb._disconnect()  # a connection made earlier in this process would still point elsewhere
     yield FoSession(env=dict(os.environ), plugins_dir=plugins, tmp=tmp)
     fodb._disconnect()
@@ -109,6 +110,94 @@ def videos(tmp_path_factory) -> list[tuple[Path, np.ndarray]]:
         frames = shape_frames(NUM_FRAMES, HEIGHT, WIDTH, seed=seed)
         out.append((write_video(d / f"clip{seed}.avi", frames, fps=10.0), frames))
     return out
+
+
+OP_PREFIX = "@clipvis/clipvis/"
+
+
+def make_video_dataset(name: str, videos, gt_field: str | None = "gt"):
+    """A video dataset of the generated clips; ``gt_field``: exact shape masks as frame Detections
+    (built with FiftyOne's own ``Detection.from_mask``, independent of our exporter)."""
+    import fiftyone as fo
+
+    ds = fo.Dataset(name, overwrite=True)
+    samples = []
+    for path, frames in videos:
+        s = fo.Sample(filepath=str(path))
+        if gt_field:
+            masks = shape_masks(frames)
+            for i in range(len(frames)):
+                dets = [fo.Detection.from_mask(masks[lab][i], label=lab, index=k)
+                        for k, lab in enumerate(SHAPE_COLORS) if masks[lab][i].any()]
+                s.frames[i + 1][gt_field] = fo.Detections(detections=dets)
+        samples.append(s)
+    ds.add_samples(samples)
+    ds.compute_metadata()
+    return ds
+
+
+def fiftyone_cli() -> str:
+    """The `fiftyone` command of this interpreter's environment."""
+    path = Path(sys.executable).parent / "fiftyone"
+    assert path.exists(), f"{path} missing: install fiftyone into this environment"
+    return str(path)
+
+
+def run_op(name: str, ds, params: dict, delegated: bool = False, **ctx):
+    """Run (or queue, ``delegated=True``) one of our operators the way the App's Python API does."""
+    from fiftyone.operators import execute_operator
+
+    return execute_operator(OP_PREFIX + name, ctx=dict(dataset=ds, params=params, request_delegation=delegated, **ctx))
+
+
+def wait_delegated(op_ids: list[str], env: dict, timeout: float = 240) -> dict:
+    """Run `fiftyone delegated launch` until every listed operation is completed/failed."""
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    dos = DelegatedOperationService()
+    log = open(Path(env["CLIPVIS_CACHE_DIR"]).parent / "delegated.log", "ab")
+    proc = subprocess.Popen([fiftyone_cli(), "delegated", "launch"], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            docs = {i: dos.get(i) for i in op_ids}
+            if all(d.run_state in ("completed", "failed") for d in docs.values()):
+                return docs
+            assert proc.poll() is None, "fiftyone delegated launch exited early (see delegated.log)"
+            time.sleep(0.5)
+        raise AssertionError(f"delegated operations not done after {timeout}s: "
+                             f"{ {i: d.run_state for i, d in docs.items()} }")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+
+
+def snapshot(ds) -> dict:
+    """Everything an operator could change: sample and frame documents, schema, info, saved views."""
+    ds.reload()
+    strip = lambda d: {k: v for k, v in d.items() if k != "last_modified_at"}  # noqa: E731
+    return {
+        "samples": sorted((strip(d) for d in ds._sample_collection.find()), key=lambda d: str(d["_id"])),
+        "frames": sorted((strip(d) for d in ds._frame_collection.find()), key=lambda d: str(d["_id"]))
+        if ds.media_type == "video" else [],
+        "schema": sorted(ds.get_field_schema()), "info": dict(ds.info), "views": ds.list_saved_views(),
+        "frame_schema": sorted(ds.get_frame_field_schema() or {}),
+    }
+
+
+@pytest.fixture(scope="session")
+def small_card(tiny_card, tmp_path_factory) -> Path:
+    """The fixture's tiny checkpoint with a 96 px test size: our clips are 96x128, and upscaling
+    them to the default 480 px only makes the tests slower."""
+    import json
+
+    card = json.loads(Path(tiny_card).read_text())
+    card["config"]["inference"]["min_size"] = HEIGHT
+    path = tmp_path_factory.mktemp("fo-card") / "tiny_96.json"
+    path.write_text(json.dumps(card))
+    return path
 
 
 def run_cli(args: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:

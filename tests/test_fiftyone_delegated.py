@@ -1,0 +1,123 @@
+"""Delegated runs (queued, then executed by `fiftyone delegated launch`) and bad parameters."""
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+
+from test_fiftyone_env import (  # noqa: F401  (fixtures)
+    fo_session, make_video_dataset, run_op, small_card, snapshot, videos, wait_delegated,
+)
+
+CLASSES = "disc; rectangle, box; square"
+
+
+@pytest.fixture(scope="module")
+def ds(fo_session, videos, small_card):
+    dataset = make_video_dataset(f"clipvis-del-{uuid.uuid4().hex[:8]}", videos)
+    run_op("segment_video_instances", dataset, dict(classes=CLASSES, checkpoint=str(small_card), score_threshold=0.0,
+                                                    max_tracks=0, label_field="pred"))
+    dataset.reload()
+    yield dataset
+    dataset.delete()
+
+
+def frame_labels(dataset, field):
+    """Comparable content of a frame field: per sample, per frame, (label, index, box, mask bytes)."""
+    out = []
+    for s in dataset:
+        out.append({fn: sorted((d.label, d.index, tuple(np.round(d.bounding_box, 6)), d.confidence,
+                                d.mask.tobytes() if d.mask is not None else None) for d in fr[field].detections)
+                    for fn, fr in s.frames.items() if fr[field] is not None})
+    return out
+
+
+def test_delegated_runs_execute_in_the_launcher(ds, small_card, fo_session, tmp_path):
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    before = snapshot(ds)
+    queued = [
+        run_op("segment_video_instances", ds, dict(classes=CLASSES, checkpoint=str(small_card), score_threshold=0.0,
+                                                   max_tracks=0, label_field="pred_delegated"), delegated=True),
+        run_op("find_novel_categories", ds, dict(pred_field="pred", base="list", base_classes="disc"), delegated=True),
+        run_op("evaluate_video_instances", ds, dict(pred_field="pred", gt_field="gt"), delegated=True),
+    ]
+    assert all(q.delegated for q in queued)
+    ids = [q.result["id"] for q in queued]
+    dos = DelegatedOperationService()
+    assert [dos.get(i).run_state for i in ids] == ["queued"] * 3
+    assert snapshot(ds) == before  # queuing writes nothing
+    # The launcher gets its own result store: it must really run the model, not reuse ours.
+    env = dict(fo_session.env, CLIPVIS_CACHE_DIR=str(tmp_path / "launcher-cache"))
+    docs = wait_delegated(ids, env)
+    for i, d in docs.items():
+        assert d.run_state == "completed", (d.operator, d.result and d.result.error)
+    seg = docs[ids[0]]
+    assert seg.status is not None and seg.status.progress == pytest.approx(1.0)  # set_progress reached the doc
+    assert seg.result.result["samples"] == 3
+    assert any((tmp_path / "launcher-cache").rglob("*.json")), "the launcher did not run the job layer"
+    ds.reload()
+    assert frame_labels(ds, "pred_delegated") == frame_labels(ds, "pred")
+    assert [c.label for c in ds.first().pred_delegated_summary.classifications] == \
+        [c.label for c in ds.first().pred_summary.classifications]
+    novel = {s.id: s.pred_novelty_classes for s in ds}
+    expected = {s.id: sorted({d.label for fr in s.frames.values() for d in fr.pred.detections} - {"disc"}) for s in ds}
+    assert novel == expected
+    assert "pred novel categories" in ds.list_saved_views()
+    assert ds.info["clipvis_evaluations"]["pred_eval"]["samples"] == 3
+
+
+BAD = [
+    ("segment_video_instances", dict(classes="  ;  "), "empty vocabulary"),
+    ("segment_video_instances", dict(classes=None), "empty vocabulary"),
+    ("segment_video_instances", dict(vocabulary_source="field", vocabulary_field="nope"), "vocabulary_field 'nope' not found"),
+    ("segment_video_instances", dict(vocabulary_source="builtin", builtin_vocabulary="nope"), "unknown built-in vocabulary"),
+    ("segment_video_instances", dict(checkpoint="no-such-model"), "unknown checkpoint 'no-such-model'"),
+    ("segment_video_instances", dict(label_field="filepath"), "already exists"),
+    ("segment_video_instances", dict(label_field="gt bad"), "not a valid field name"),
+    ("segment_video_instances", dict(frame_stride=0), "frame_stride must be"),
+    ("segment_video_instances", dict(score_threshold=1.5), "score_threshold must be"),
+    ("find_novel_categories", dict(pred_field="missing"), "pred_field 'missing' not found"),
+    ("find_novel_categories", dict(pred_field="pred", base="list", base_classes=""), "empty base vocabulary"),
+    ("find_novel_categories", dict(pred_field="pred", base="field", base_field="nope"), "base_field 'nope' not found"),
+    ("evaluate_video_instances", dict(pred_field="pred", gt_field="nope"), "gt_field 'nope' not found"),
+    ("evaluate_video_instances", dict(pred_field="pred", gt_field="pred"), "same field"),
+    ("evaluate_video_instances", dict(pred_field="pred", gt_field="gt", protocol="coco"), "unknown evaluation protocol"),
+]
+
+
+def test_bad_parameters_fail_before_any_write(ds, small_card):
+    from fiftyone.operators.delegated import DelegatedOperationService
+    from fiftyone.operators.executor import ExecutionError
+
+    before = snapshot(ds)
+    n_ops = len(DelegatedOperationService().list_operations(dataset_name=ds.name))
+    for op, params, message in BAD:
+        if op == "segment_video_instances":
+            params = {**dict(classes=CLASSES, checkpoint=str(small_card)), **params}
+        for delegated in (False, True):
+            with pytest.raises(ExecutionError) as err:
+                run_op(op, ds, params, delegated=delegated)
+            assert message in str(err.value), (op, params, str(err.value)[-300:])
+    assert len(DelegatedOperationService().list_operations(dataset_name=ds.name)) == n_ops  # nothing queued
+    assert snapshot(ds) == before
+
+
+def test_unreadable_media_fails_before_any_sample_is_written(fo_session, videos, small_card, tmp_path):
+    from fiftyone.operators.executor import ExecutionError
+
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video" * 100)
+    dataset = make_video_dataset(f"clipvis-broken-{uuid.uuid4().hex[:8]}", [videos[0]], gt_field=None)
+    try:
+        import fiftyone as fo
+
+        dataset.add_sample(fo.Sample(filepath=str(broken)))
+        before = snapshot(dataset)
+        with pytest.raises(ExecutionError) as err:
+            run_op("segment_video_instances", dataset, dict(classes=CLASSES, checkpoint=str(small_card)))
+        assert "broken.mp4" in str(err.value)
+        assert snapshot(dataset) == before
+    finally:
+        dataset.delete()

@@ -1,0 +1,210 @@
+"""The plugin's operators on real FiftyOne + MongoDB, generated videos and the fixture's tiny model:
+immediate runs, delegated runs executed by `fiftyone delegated launch`, and bad parameters."""
+from __future__ import annotations
+
+import json
+import uuid
+
+import numpy as np
+import pytest
+
+from clipvis_core.export.fiftyone import paste_mask
+from test_fiftyone_env import (  # noqa: F401  (fixtures)
+    HEIGHT, NUM_FRAMES, SHAPE_COLORS, WIDTH, fo_session, make_video_dataset, run_cli, run_op, shape_masks,
+    small_card, snapshot, videos, wait_delegated,
+)
+from videogen import write_video
+
+CLASSES = "disc; rectangle, box; square"
+
+
+def seg_params(card, **kw) -> dict:
+    return {**dict(classes=CLASSES, checkpoint=str(card), score_threshold=0.0, max_tracks=0, label_field="pred"), **kw}
+
+
+@pytest.fixture(scope="module")
+def ds(fo_session, videos, small_card):
+    """Three clips with exact GT, segmented once immediately into ``pred``."""
+    dataset = make_video_dataset(f"clipvis-fo-{uuid.uuid4().hex[:8]}", videos)
+    result = run_op("segment_video_instances", dataset, seg_params(small_card))
+    dataset.reload()
+    yield dataset, result
+    dataset.delete()
+
+
+def stored_tracks(sample, card, stride=1):
+    """The job layer's stored VideoTracks for a sample (what the operator converted)."""
+    from clipvis_core.jobs import JobSpec, lookup
+
+    spec = JobSpec(media=sample.filepath, vocabulary=["disc", "rectangle, box", "square"], checkpoint=str(card),
+                   options={"frame_stride": stride, "score_threshold": 0.0})
+    tracks = lookup(spec)
+    assert tracks is not None, "the operator's result is not in the job store"
+    return tracks
+
+
+def check_video_labels(sample, field: str, tracks) -> None:
+    """Frame numbers, masks vs boxes, track ids, confidences and the summary against the tracks."""
+    labelled = {fn: fr[field] for fn, fr in sample.frames.items() if fr[field] is not None}
+    assert sorted(labelled) == [i + 1 for i in tracks.video.frame_indices]
+    by_id = {t.id: t for t in tracks.tracks}
+    instances = {}
+    for fn, dets in labelled.items():
+        k = tracks.video.frame_indices.index(fn - 1)
+        for d in dets.detections:
+            t = by_id[d.index]  # index = track id
+            assert d.label == t.label and d.confidence == pytest.approx(t.score)
+            assert 0.0 <= d.confidence <= 1.0
+            assert instances.setdefault(d.index, d.instance.id) == d.instance.id
+            x, y, w, h = d.bounding_box
+            assert d.mask.shape == (round(h * HEIGHT), round(w * WIDTH))
+            assert np.array_equal(paste_mask(d, WIDTH, HEIGHT), t.mask(k)), (fn, d.index)
+        present = {t.id for t in tracks.tracks if tracks.tracks and t.boxes[k] is not None}
+        assert {d.index for d in dets.detections} == present
+    assert len(set(instances.values())) == len(instances)
+    summary = {c.label: c for c in sample[f"{field}_summary"].classifications}
+    assert set(summary) == {t.label for t in tracks.tracks}
+    for label, c in summary.items():
+        mine = [t.score for t in tracks.tracks if t.label == label]
+        assert c.confidence == pytest.approx(max(mine)) and c["num_tracks"] == len(mine)
+
+
+def test_segment_immediate_writes_frame_detections(ds, small_card):
+    dataset, result = ds
+    assert result.result["samples"] == 3 and result.result["label_field"] == "pred"
+    assert any(r["operator_uri"] == "reload_dataset" for r in result.executor.to_json()["requests"])
+    total = 0
+    for sample in dataset:
+        tracks = stored_tracks(sample, small_card)
+        assert tracks.tracks, "the tiny model found nothing to check"
+        check_video_labels(sample, "pred", tracks)
+        total += len(tracks.tracks)
+    assert result.result["tracks"] == total
+    run = dataset.info["clipvis_runs"]["pred"]
+    assert run["vocabulary"] == ["disc", "rectangle, box", "square"] and run["model"].startswith("tiny_96@")
+
+
+def test_rerun_on_selection_replaces_the_field(ds, small_card):
+    dataset, _ = ds
+    first, others = dataset.first(), list(dataset)[1:]
+    before = [[fr.pred for fr in s.frames.values()] for s in others]
+    params = seg_params(small_card, frame_stride=2, max_tracks=2, view_target="SELECTED_SAMPLES")
+    run_op("segment_video_instances", dataset, params, selected=[first.id])
+    first.reload()
+    tracks = stored_tracks(first, small_card, stride=2)
+    kept = sorted(tracks.tracks, key=lambda t: -t.score)[:2]
+    labelled = [fn for fn, fr in first.frames.items() if fr.pred is not None]
+    assert labelled == [1, 3, 5, 7]  # stride 2: the old labels on frames 2, 4, 6, 8 are gone
+    assert {d.index for fn in labelled for d in first.frames[fn].pred.detections} <= {t.id for t in kept}
+    assert [[fr.pred for fr in s.frames.values()] for s in dataset.select([s.id for s in others])] == before
+    # Put the full run back for the other tests (same spec: served from the job store).
+    run_op("segment_video_instances", dataset, seg_params(small_card))
+    first.reload()
+    check_video_labels(first, "pred", stored_tracks(first, small_card))
+
+
+def test_find_novel_categories_on_known_labels(fo_session):
+    import fiftyone as fo
+
+    from clipvis_core.builtin_vocabularies import load_vocabulary
+
+    rare = load_vocabulary("lvis:rare").labels[0]
+    frequent = load_vocabulary("lvis:frequent").labels[0]
+    dataset = fo.Dataset(f"clipvis-novel-{uuid.uuid4().hex[:8]}")
+    # (label, confidence) per frame of each sample; labels written as users' fields would hold them.
+    known = {
+        "a": [[(frequent, 0.9), ("gizmo", 0.3)], [("gizmo", 0.6)]],
+        "b": [[(frequent.replace("_", " ").title(), 0.95)], []],
+        "c": [[(rare, 0.4)], [(frequent, 0.99), (rare, 0.2)]],
+        "d": [[], []],
+    }
+    for name, frames in known.items():
+        s = fo.Sample(filepath=f"/nonexistent/{name}.mp4", name=name)
+        for i, dets in enumerate(frames):
+            s.frames[i + 1]["pred"] = fo.Detections(detections=[
+                fo.Detection(label=lab, confidence=c, bounding_box=[0.1, 0.1, 0.2, 0.2], index=j)
+                for j, (lab, c) in enumerate(dets)])
+            s.frames[i + 1]["gt"] = fo.Detections(detections=[fo.Detection(label="gizmo", bounding_box=[0, 0, 1, 1])])
+        dataset.add_sample(s)
+    try:
+        r = run_op("find_novel_categories", dataset, dict(pred_field="pred", base="lvis_base"))
+        assert r.result["tagged"] == 2 and r.result["novel_classes"] == sorted(["gizmo", rare])
+        by = {s.name: s for s in dataset}
+        assert by["a"].pred_novelty == pytest.approx(0.6) and by["a"].pred_novelty_classes == ["gizmo"]
+        assert by["b"].pred_novelty == 0.0 and by["b"].pred_novelty_classes == []
+        assert by["c"].pred_novelty == pytest.approx(0.4) and by["c"].pred_novelty_classes == [rare]
+        assert [s.name for s in dataset.match_tags("novel")] == ["a", "c"]
+        view = dataset.load_saved_view("pred novel categories")
+        assert [s.name for s in view] == ["a", "c"]  # sorted by novelty, highest first
+        assert {"operator_uri": "set_view", "params": {"name": "pred novel categories"}} in r.executor.to_json()["requests"]
+        # Base = the classes of a ground-truth field ("gizmo"): re-running re-tags from scratch.
+        run_op("find_novel_categories", dataset, dict(pred_field="pred", base="field", base_field="gt", min_score=0.5))
+        by = {s.name: s for s in dataset}
+        assert by["a"].pred_novelty == pytest.approx(0.9) and by["c"].pred_novelty == pytest.approx(0.99)
+        assert sorted(s.name for s in dataset.match_tags("novel")) == ["a", "b", "c"]
+        run_op("find_novel_categories", dataset, dict(pred_field="pred", base="list",
+                                                      base_classes=f"gizmo; {frequent}; {rare}"))
+        assert dataset.match_tags("novel").count() == 0 and set(dataset.values("pred_novelty")) == {0.0}
+    finally:
+        dataset.delete()
+
+
+def test_evaluate_equals_clipvis_eval(ds, small_card, videos, fo_session, tmp_path):
+    """Operator metrics == `clipvis eval` on GT made from the generator and the job layer's tracks."""
+    from clipvis_core.evaluation import results_from_tracks
+    from clipvis_core.tracks import encode_mask
+
+    dataset, _ = ds
+    r = run_op("evaluate_video_instances", dataset, dict(pred_field="pred", gt_field="gt", protocol="lvvis"))
+    stored = dataset.info["clipvis_evaluations"]["pred_eval"]
+    names = ["disc", "rectangle", "square"]
+    gt = {"videos": [], "annotations": [], "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}
+    results = []
+    for vid, (sample, (path, frames)) in enumerate(zip(dataset, videos), start=1):
+        assert sample.filepath == str(path)
+        gt["videos"].append({"id": vid, "width": WIDTH, "height": HEIGHT, "length": NUM_FRAMES})
+        for lab, masks in shape_masks(frames).items():
+            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "video_id": vid, "category_id": names.index(lab) + 1,
+                                      "iscrowd": 0, "segmentations": [encode_mask(m) if m.any() else None for m in masks],
+                                      "areas": [float(m.sum()) if m.any() else None for m in masks]})
+        results += results_from_tracks(stored_tracks(sample, small_card), vid)
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "res.json").write_text(json.dumps(results))
+    cli = run_cli(["eval", "--gt", str(tmp_path / "gt.json"), "--results", str(tmp_path / "res.json"),
+                   "--protocol", "lvvis", "-o", str(tmp_path / "report.json")], fo_session.env)
+    assert cli.returncode == 0, cli.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert r.result["stats"] == stored["stats"]
+    assert stored["stats"] == pytest.approx(report["stats"], abs=1e-12)
+    # Per-sample scores: one per video, sortable to find the worst ones.
+    ious = dataset.values("pred_eval_iou")
+    assert len(ious) == 3 and all(v is not None and 0.0 <= v <= 1.0 for v in ious)
+    by_video = {v["video_id"]: v for v in report["per_video"]}
+    assert ious == pytest.approx([by_video[i]["mean_best_iou"] for i in (1, 2, 3)])
+    assert dataset.values("pred_eval_fp50") == [by_video[i]["false_positives_50"] for i in (1, 2, 3)]
+    worst = dataset.sort_by("pred_eval_iou").first()
+    assert worst.pred_eval_iou == min(ious)
+
+
+def test_image_dataset_is_one_frame_videos(fo_session, small_card, videos, tmp_path):
+    import cv2
+    import fiftyone as fo
+
+    dataset = fo.Dataset(f"clipvis-img-{uuid.uuid4().hex[:8]}")
+    try:
+        for k, (_, frames) in enumerate(videos[:2]):
+            p = tmp_path / f"img{k}.png"
+            cv2.imwrite(str(p), cv2.cvtColor(frames[0], cv2.COLOR_RGB2BGR))
+            dataset.add_sample(fo.Sample(filepath=str(p)))
+        r = run_op("segment_video_instances", dataset, seg_params(small_card))
+        assert r.result["samples"] == 2
+        for sample in dataset:
+            tracks = stored_tracks(sample, small_card)
+            dets = sample.pred.detections
+            assert sorted(d.index for d in dets) == sorted(t.id for t in tracks.tracks if t.boxes[0] is not None)
+            for d in dets:
+                t = next(t for t in tracks.tracks if t.id == d.index)
+                assert np.array_equal(paste_mask(d, WIDTH, HEIGHT), t.mask(0))
+            assert {c.label for c in sample.pred_summary.classifications} == {t.label for t in tracks.tracks}
+    finally:
+        dataset.delete()
