@@ -132,7 +132,9 @@ class VideoReader:
 
         if path.is_dir():
             self.kind = "frames"
-            images = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+            # Hidden files are skipped: macOS copies leave "._00001.jpg" resource forks beside frames.
+            images = sorted((p for p in path.iterdir()
+                             if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()),
                             key=lambda p: _natural_key(p.name))
             if not images:
                 raise InputError(

@@ -82,6 +82,18 @@ def test_segment_frame_dir_stride_ytvis(media, tiny_card, tmp_path):
         assert decode_mask(r["segmentations"][0]).shape == (61, 83)
 
 
+def test_segment_image_as_one_frame(media, tiny_card, tmp_path):
+    img = tmp_path / "still.jpg"
+    cv2.imwrite(str(img), cv2.cvtColor(shape_frames(1, 45, 67)[0], cv2.COLOR_RGB2BGR))
+    out, ov = tmp_path / "img.json", tmp_path / "img.webm"
+    assert main(["segment", str(img), "--checkpoint", str(tiny_card), "-o", str(out), "--class", "red ball",
+                 "--overlay", str(ov), "-q"]) == 0
+    vt = _assert_tracks(out, 1, 45, 67)
+    assert vt.video.frame_indices == [0]
+    cap = cv2.VideoCapture(str(ov))
+    assert cap.read()[0] and not cap.read()[0]  # exactly one frame
+
+
 def test_segment_progress_bar_and_summary(media, tiny_card, tmp_path):
     out = tmp_path / "t.json"
     rc, stdout, err = _cli("segment", media["mp4"], "--checkpoint", tiny_card, "-o", out, *CLASSES,
@@ -93,7 +105,7 @@ def test_segment_progress_bar_and_summary(media, tiny_card, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "zero", "empty vocab", "unknown checkpoint", "bad stride",
-                                  "bad overlay name", "start after end"])
+                                  "bad overlay name", "start after end", "output is a file's child"])
 def test_bad_input_exit_2_one_line_no_output(media, tiny_card, tmp_path, case):
     out = tmp_path / "out.json"
     src, ck, extra = media["mp4"], tiny_card, list(CLASSES)
@@ -111,6 +123,8 @@ def test_bad_input_exit_2_one_line_no_output(media, tiny_card, tmp_path, case):
         extra += ["--stride", "0"]
     elif case == "bad overlay name":
         extra += ["--overlay", str(tmp_path / "ov.gif")]
+    elif case == "output is a file's child":
+        out = media["mp4"] / "out.json"  # parent is a regular file: can never be written
     elif case == "start after end":
         extra += ["--start", "3", "--end", "1"]
     rc, stdout, err = _cli("segment", src, "--checkpoint", ck, "-o", out, *extra, "--quiet")

@@ -103,6 +103,7 @@ def test_frame_directory_natural_order_and_odd_size(tmp_path):
     for i, f in enumerate(src):  # no zero padding: 'f10' must come after 'f9'
         cv2.imwrite(str(d / f"f{i}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
     (d / "notes.txt").write_text("ignored")
+    (d / "._f0.png").write_bytes(b"macOS resource fork")  # hidden: ignored
     reader = open_video(d)
     assert (reader.info.height, reader.info.width, reader.info.fps) == (H, W, DEFAULT_FPS)
     assert reader.info.num_frames == 12

@@ -6,6 +6,7 @@ bar) -> tracks JSON or YTVIS results (atomic write) -> optional overlay video.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -66,11 +67,23 @@ def _check_paths(args: argparse.Namespace) -> None:
         raise InputError(f"--output {out} is a directory: give a file name, e.g. {out / 'tracks.json'}")
     if out.resolve() == src.resolve():
         raise InputError("--output would overwrite the input video: choose another file name")
+    for target in (out, args.overlay):
+        if target is not None:
+            _check_writable(target.expanduser())
     if args.overlay is not None:
         if args.overlay.suffix.lower() not in SUFFIXES:
             raise InputError(f"--overlay {args.overlay.name!r}: use a .mp4 or .webm file name (formats browsers play)")
         if args.overlay.expanduser().resolve() in (src.resolve(), out.resolve()):
             raise InputError("--overlay must differ from the input and from --output")
+
+
+def _check_writable(path: Path) -> None:
+    # The nearest existing ancestor decides whether the (atomic) write can create the file later.
+    parent = path.parent.resolve()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {path}: {parent} is not a writable directory; choose another output path")
 
 
 def _check_video(args: argparse.Namespace) -> int:
