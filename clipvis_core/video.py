@@ -47,6 +47,9 @@ def _is_int(v) -> bool:
 def _check_options(frame_stride, start_time, end_time, max_frames, default_fps) -> None:
     if not _is_int(frame_stride) or frame_stride < 1:
         raise InputError(f"invalid frame stride {frame_stride!r}: use a whole number >= 1 (1 = every frame)")
+    for name, v in (("start time", start_time), ("end time", end_time)):
+        if v is not None and (not isinstance(v, numbers.Real) or isinstance(v, bool)):
+            raise InputError(f"invalid {name} {v!r}: use a number of seconds")
     if start_time is not None and (not math.isfinite(start_time) or start_time < 0):
         raise InputError(f"invalid start time {start_time!r}: use seconds >= 0")
     if end_time is not None and (not math.isfinite(end_time) or end_time <= 0):

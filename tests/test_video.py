@@ -39,6 +39,14 @@ def test_containers_decode_every_frame(tmp_path, name, codec):
         assert got == T
 
 
+def test_animated_gif(tmp_path):
+    src = make_video(tmp_path / "v.avi", 6, 40, 56)
+    gif = tmp_path / "v.gif"
+    subprocess.run(["ffmpeg", "-y", "-loglevel", "error", "-i", str(src), str(gif)], check=True)
+    reader = open_video(gif)
+    assert reader.info.num_frames == 6 and sum(1 for _ in reader) == 6
+
+
 def test_frame_count_when_container_lies(tmp_path):
     src = make_video(tmp_path / "src.avi", T, 48, 64)
     for fmt, suffix, codec in [("webm", ".webm", "libvpx"), ("matroska", ".mkv", "libx264")]:
@@ -180,6 +188,7 @@ def test_bad_sources_raise_one_line_input_error(tmp_path):
     (dict(frame_stride=1.5), "frame stride"),
     (dict(max_frames=0), "max frames"),
     (dict(start_time=-1.0), "start time"),
+    (dict(start_time="1"), "start time"),
     (dict(start_time=2.0, end_time=1.0), "time range"),
     (dict(end_time=0.0), "end time"),
     (dict(start_time=50.0), "no frames selected"),
