@@ -10,6 +10,7 @@ from ..errors import ClipvisError
 # Modules under clipvis_core.cli, each adding its sub-commands.
 COMMAND_MODULES = [
     "segment",
+    "checkpoints",
     "vocab",
     "evaluate",
     "jobs",
