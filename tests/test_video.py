@@ -39,6 +39,13 @@ def test_containers_decode_every_frame(tmp_path, name, codec):
         assert got == T
 
 
+@pytest.mark.parametrize("name,codec", [("one.mp4", None), ("one.webm", None), ("one_h264.mp4", "h264")])
+def test_one_frame_video(tmp_path, name, codec):
+    reader = open_video(make_video(tmp_path / name, 1, H, W, codec=codec))
+    assert reader.info.num_frames == 1 and reader.info.frame_indices == [0]
+    assert [p for p, _ in reader] == [0]
+
+
 def test_animated_gif(tmp_path):
     src = make_video(tmp_path / "v.avi", 6, 40, 56)
     gif = tmp_path / "v.gif"
