@@ -40,7 +40,7 @@ def prepare_frames(frames: list[np.ndarray], geom: FrameGeometry, mean: torch.Te
     for i, f in enumerate(frames):
         if f.shape[:2] != (ih, iw):
             # PIL bilinear on uint8, as detectron2's ResizeTransform does.
-            f = np.asarray(Image.fromarray(f).resize((iw, ih), Image.BILINEAR))
+            f = np.array(Image.fromarray(f).resize((iw, ih), Image.BILINEAR))  # writable copy
         x = torch.from_numpy(np.ascontiguousarray(f)).to(device).permute(2, 0, 1).float()
         out[i, :, :ih, :iw] = (x - mean) / std
     return out
