@@ -139,7 +139,11 @@ class ClipvisBackend(LabelStudioMLBase):
             job.state = "pushed"
         try:
             pred = self.prediction(job)
-            self.client().create_prediction(job.task["id"], pred)
+            client = self.client()
+            # A webhook job and a /predict call may both finish one task: store it once.
+            if any(p.get("model_version") == self.model_version for p in client.predictions(job.task["id"])):
+                return
+            client.create_prediction(job.task["id"], pred)
             log.info("pushed prediction for task %s (%d regions)", job.task["id"], len(pred["result"]))
         except Exception as e:  # a callback thread: log, never raise into the pool
             log.error("could not push the prediction for task %s: %s", job.task.get("id"), e)

@@ -79,6 +79,7 @@ def serve(settings: BackendSettings, host: str = "127.0.0.1", port: int = 9090, 
                 # /predict holds a request for up to the budget: keep the worker heartbeat above it.
                 "timeout": int(settings.predict_budget_s) + 60, "graceful_timeout": 10,
                 "accesslog": "-", "errorlog": "-", "loglevel": "info",
+                "control_socket_disable": True,  # no ~/.gunicorn socket shared between instances
             }.items():
                 self.cfg.set(key, value)
 

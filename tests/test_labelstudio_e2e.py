@@ -1,0 +1,276 @@
+"""End to end with a real Label Studio (its own virtualenv, on 127.0.0.1) and the backend served
+by `clipvis labelstudio serve` (gunicorn): prelabel, "retrieve predictions", deferred pushes,
+task-creation webhooks and 20 concurrent /predict calls."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import requests
+from videogen import make_video
+
+from backend.brush import mask_to_rle
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+LS_BIN = ROOT / ".venv-ls" / "bin"
+TOKEN = "clipvis-e2e-token"
+CONFIG = """<View>
+  <Video name="video" value="$video"/>
+  <VideoRectangle name="box" toName="video"/>
+  <Labels name="videoLabels" toName="video">
+    <Label value="Vehicle" predicted_values="car, automobile"/>
+    <Label value="Ball"/>
+  </Labels>
+</View>"""
+LABELS = {"Vehicle", "Ball"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{url} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    pytest.fail(f"{url} did not answer within {timeout:.0f}s:\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)  # the process group we started (start_new_session)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@dataclass
+class LS:
+    url: str
+    tmp: Path
+
+    def api(self, method: str, path: str, token: str = TOKEN, **kw):
+        r = requests.request(method, self.url + path, headers={"Authorization": f"Token {token}"}, timeout=120, **kw)
+        assert r.status_code < 400, f"{method} {path}: {r.status_code} {r.text[:500]}"
+        return r.json()
+
+    def project(self, title: str) -> int:
+        return self.api("POST", "/api/projects", json={"title": title, "label_config": CONFIG})["id"]
+
+    def upload(self, project: int, path: Path) -> int:
+        with open(path, "rb") as f:
+            self.api("POST", f"/api/projects/{project}/import", files={"file": (path.name, f, "video/mp4")})
+        return max(t["id"] for t in self.api("GET", "/api/tasks", params={"project": project})["tasks"])
+
+    def predictions(self, task: int) -> list[dict]:
+        return self.api("GET", "/api/predictions", params={"task": task})
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    assert (LS_BIN / "label-studio").exists(), (
+        "Label Studio is not installed: python3.11 -m venv .venv-ls && .venv-ls/bin/pip install label-studio==1.23.2")
+    tmp = tmp_path_factory.mktemp("labelstudio")
+    port = _free_port()
+    env = dict(os.environ, LABEL_STUDIO_USER_TOKEN=TOKEN, LABEL_STUDIO_USERNAME="e2e@example.com",
+               LABEL_STUDIO_PASSWORD="e2e-password")
+    log = tmp / "label-studio.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "labelstudio_server.sh"), str(tmp / "data"), str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health", proc, log, timeout=240)
+        yield LS(f"http://127.0.0.1:{port}", tmp)
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    d = tmp_path_factory.mktemp("videos")
+    return {
+        "a": make_video(d / "a.mp4", 10, 96, 128, fps=10.0, codec="h264"),
+        "b": make_video(d / "b.mp4", 12, 96, 128, fps=12.0, seed=2, codec="h264"),
+        "long": make_video(d / "long.mp4", 40, 96, 128, fps=10.0, seed=4, codec="h264"),
+        "hook": make_video(d / "hook.mp4", 8, 96, 128, fps=8.0, seed=7, codec="h264"),
+    }
+
+
+@pytest.fixture(scope="module")
+def backend_env(tiny_card, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("clipvis-cache")
+    env = dict(os.environ, CLIPVIS_CHECKPOINT=str(tiny_card), CLIPVIS_CACHE_DIR=str(cache), CLIPVIS_SCORE_THRESHOLD="0",
+               CLIPVIS_MIN_SIZE="96", CLIPVIS_MAX_SIZE="128", PYTHONPATH=str(ROOT))
+    env.pop("CLIPVIS_BROKER_URL", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def backend(backend_env, tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("backend") / "backend.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "clipvis_core", "labelstudio", "serve", "--port", str(port),
+                                 "--budget", "1.5", "--threads", "24"], cwd=ROOT, env=backend_env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health", proc, log, timeout=60)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop(proc)
+
+
+def _frames(path: Path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.grab():
+        n += 1
+    cap.release()
+    return n
+
+
+def _check_prediction(pred: dict, video: Path, version: str) -> None:
+    assert pred["model_version"] == version
+    frames = _frames(video)
+    assert pred["result"], "no tracks"
+    for region in pred["result"]:
+        assert (region["type"], region["from_name"], region["to_name"]) == ("videorectangle", "box", "video")
+        v = region["value"]
+        assert set(v["labels"]) <= LABELS and len(v["labels"]) == 1
+        assert v["framesCount"] == frames
+        seq = v["sequence"]
+        assert all(1 <= s["frame"] <= frames for s in seq) and seq[-1]["enabled"] is False
+        assert [s["frame"] for s in seq] == sorted({s["frame"] for s in seq})
+        for s in seq:
+            assert 0 <= s["x"] <= 100 and 0 <= s["y"] <= 100 and 0 < s["width"] <= 100 and 0 < s["height"] <= 100
+
+
+def _connect(ls: LS, project: int, backend: str) -> str:
+    ml = ls.api("POST", "/api/ml", json={"project": project, "url": backend, "title": "clipvis"})
+    assert ml["state"] == "CO", ml
+    return ml["model_version"]
+
+
+def _retrieve(ls: LS, project: int) -> dict:
+    return ls.api("POST", "/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": project},
+                  json={"selectedItems": {"all": True, "excluded": []}})
+
+
+def _wait_predictions(ls: LS, task: int, timeout: float = 120) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        preds = ls.predictions(task)
+        if preds:
+            time.sleep(1)  # a duplicate push would show up now
+            return ls.predictions(task)
+        time.sleep(0.5)
+    pytest.fail(f"no prediction for task {task} after {timeout:.0f}s")
+
+
+def test_prelabel_then_retrieve(label_studio, backend, backend_env, videos):
+    ls = label_studio
+    project = ls.project("clipvis prelabel")
+    tasks = {ls.upload(project, videos["a"]): videos["a"], ls.upload(project, videos["b"]): videos["b"]}
+    pat = ls.api("POST", "/api/token/")["token"]  # a personal access token: the Bearer flow
+    run = subprocess.run([sys.executable, "-m", "clipvis_core", "labelstudio", "prelabel", "--project", str(project),
+                          "--url", ls.url, "--token", pat], cwd=ROOT, env=backend_env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "2 predictions pushed" in run.stdout and "100%" in run.stderr  # the progress bar ran to the end
+    version = _connect(ls, project, backend)
+    for task, video in tasks.items():
+        (pred,) = ls.predictions(task)
+        _check_prediction(pred, video, version)
+    # Label Studio's own action finds every task already pre-annotated by this model version.
+    _retrieve(ls, project)
+    assert all(len(ls.predictions(t)) == 1 for t in tasks)
+
+
+def test_retrieve_answers_stored_results_and_pushes_late_ones(label_studio, backend, videos):
+    ls = label_studio
+    project = ls.project("clipvis retrieve")
+    stored = ls.upload(project, videos["a"])  # same bytes as a prelabelled task: answered at once
+    late = ls.upload(project, videos["long"])  # needs longer than the 1.5 s budget: pushed later
+    version = _connect(ls, project, backend)
+    t = time.monotonic()
+    _retrieve(ls, project)
+    assert time.monotonic() - t < 30
+    # Only the stored result came back in the /predict answer (the late job loads the network
+    # and segments 40 frames, far beyond the 1.5 s budget); the late one is pushed when done.
+    assert ls.predictions(late) == []
+    (pred,) = ls.predictions(stored)
+    _check_prediction(pred, videos["a"], version)
+    (pred,) = _wait_predictions(ls, late)
+    _check_prediction(pred, videos["long"], version)
+    # A task created now reaches the backend through the webhook and is pushed when done.
+    hooked = ls.upload(project, videos["hook"])
+    (pred,) = _wait_predictions(ls, hooked)
+    _check_prediction(pred, videos["hook"], version)
+    # Retrieving again adds nothing: every task has this version's prediction.
+    _retrieve(ls, project)
+    assert [len(ls.predictions(t)) for t in (stored, late, hooked)] == [1, 1, 1]
+
+
+def test_twenty_concurrent_predict_calls(label_studio, backend, videos, tmp_path):
+    ls = label_studio
+    project = max(p["id"] for p in ls.api("GET", "/api/projects")["results"])
+    fresh_video = make_video(tmp_path / "fresh.mp4", 16, 96, 128, fps=10.0, seed=11, codec="h264")
+    fresh = ls.upload(project, fresh_video)  # not computed yet (its webhook job starts now)
+    tasks = ls.api("GET", "/api/tasks", params={"project": project, "fields": "all"})["tasks"]
+    assert len(tasks) == 4
+
+    def call(i):
+        task = {"id": tasks[i % 4]["id"], "project": project, "data": tasks[i % 4]["data"]}
+        return requests.post(backend + "/predict", json={"tasks": [task], "project": f"{project}.0",
+                                                         "label_config": CONFIG}, timeout=100)
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(call, range(20)))
+    assert [r.status_code for r in answers] == [200] * 20
+    for i, r in enumerate(answers):
+        (pred,) = r.json()["results"]
+        if tasks[i % 4]["id"] == fresh:
+            assert pred == [] or pred["result"]  # in budget or not: never an error
+        else:
+            assert pred["result"] and all(x["type"] == "videorectangle" for x in pred["result"])
+    # One job served the webhook and every concurrent call for the new task: one prediction.
+    (pred,) = _wait_predictions(ls, fresh)
+    _check_prediction(pred, fresh_video, pred["model_version"])
+
+
+def test_brush_rle_decodes_with_label_studio_sdk(tmp_path):
+    """Our encoder against the decoder Label Studio's own SDK ships."""
+    rng = np.random.default_rng(0)
+    mask = np.zeros((61, 83), bool)
+    mask[10:40, 5:70] = True
+    mask |= rng.random(mask.shape) > 0.9
+    (tmp_path / "rle.json").write_text(json.dumps(mask_to_rle(mask)))
+    code = ("import json,sys,numpy as np; from label_studio_sdk.converter.brush import decode_rle; "
+            "a=decode_rle(json.load(open(sys.argv[1]))); np.save(sys.argv[2], a)")
+    subprocess.run([str(LS_BIN / "python"), "-c", code, str(tmp_path / "rle.json"), str(tmp_path / "out.npy")], check=True)
+    flat = np.load(tmp_path / "out.npy")
+    assert np.array_equal(flat.reshape(61, 83, 4)[..., 3] == 255, mask)
