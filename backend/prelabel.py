@@ -62,6 +62,9 @@ def prelabel(project_id: int, settings: BackendSettings, force: bool = False, pr
             except ClipvisError as e:
                 report.failed[task_id] = str(e)
                 log.error("task %s: %s", task_id, e)
+            except Exception as e:  # one broken task must not stop the project's other pushes
+                report.failed[task_id] = f"{type(e).__name__}: {e}"
+                log.exception("task %s failed", task_id)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(pushed=report.pushed, failed=len(report.failed))

@@ -85,6 +85,7 @@ class Strategy:
                     f"(the class names to detect){cls.labels_hint}"
                 )
             labels, prompts = _vocabulary(attrs)
+            Vocabulary.from_names(prompts)  # a blank synonym fails at /setup, not at /predict
             out.append(Target(cls, name, info["to_name"][0], info["inputs"][0]["value"], labels, prompts))
         return out
 

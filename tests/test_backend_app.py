@@ -60,7 +60,7 @@ def _predict(client, tasks, config):
 
 
 def test_health_and_setup_are_cheap(env):
-    _segmenters.clear()  # no network may be built by /health or /setup
+    _segmenters.clear()  # start without a cached network: /health and /setup must not build one
     client = create_app(env.settings).test_client()
     t = time.monotonic()
     assert client.get("/health").get_json()["status"] == "UP"
@@ -120,7 +120,8 @@ def test_video_task_gets_one_videorectangle_per_track(env):
 def test_synonyms_are_the_prompts(env):
     """The job the backend ran is stored under the predicted_values vocabulary, not the label names."""
     create_app(env.settings)
-    path = next((env.settings.cache_dir / "media").glob("*.mp4"))
+    clip = (env.media / "clip.mp4").read_bytes()
+    path = next(p for p in (env.settings.cache_dir / "media").glob("*.mp4") if p.read_bytes() == clip)
     opts = dict(OPTIONS)
     assert lookup(JobSpec(str(path), ["car, automobile", "Ball"], str(env.card), opts)) is not None
     assert lookup(JobSpec(str(path), ["Vehicle", "Ball"], str(env.card), opts)) is None
@@ -200,3 +201,25 @@ def test_budget_returns_what_is_done_then_the_stored_result(env):
     (pred,) = _predict(client, [task], VIDEO_CONFIG).get_json()["results"]
     assert pred["result"] and time.monotonic() - t < 2.0
     assert {r["value"]["framesCount"] for r in pred["result"]} == {6}
+
+
+def test_webhooks_queue_new_tasks_and_ignore_training_events(env):
+    import multiprocessing
+
+    client = create_app(env.settings).test_client()
+    _setup(client, env, VIDEO_CONFIG)
+    r = client.post("/webhook", json={"action": "ANNOTATION_CREATED", "annotation": {"id": 1}, "project": {"id": 1}})
+    assert r.status_code == 201 and r.get_json()["status"] == "ignored"
+    assert not multiprocessing.active_children()  # label-studio-ml would have spawned a fit() process
+    r = client.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": 1, "label_config": VIDEO_CONFIG},
+                                      "tasks": [{"id": 11, "project": 1, "data": {"video": "/data/upload/1/clip.mp4"}}]})
+    assert r.status_code == 201 and r.get_json() == {"event": "TASKS_CREATED", "status": "queued", "tasks": 1}
+    r = client.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": 2, "label_config": "<View></View>"},
+                                      "tasks": [{"id": 12, "data": {}}]})
+    assert r.get_json()["status"] == "error" and "not supported" in r.get_json()["error"]
+
+
+def test_blank_synonym_is_refused_at_setup(env):
+    client = create_app(env.settings).test_client()
+    r = _setup(client, env, VIDEO_CONFIG.replace("car, automobile", "car,,automobile"))
+    assert r.status_code == 500 and "non-empty" in r.get_json()["detail"]
