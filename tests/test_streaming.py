@@ -45,6 +45,6 @@ def test_streaming_equals_whole_video(seg, tmp_path):
 
 def test_window_size_does_not_change_results(seg, tmp_path):
     path = make_video(tmp_path / "w.mp4", num_frames=12, height=64, width=80)
-    a = seg.segment(str(path), VOCAB, SegmentOptions(window=10))
-    b = seg.segment(str(path), VOCAB, SegmentOptions(window=3))
+    a = seg.segment(str(path), VOCAB, SegmentOptions(window=10, min_size=96))
+    b = seg.segment(str(path), VOCAB, SegmentOptions(window=3, min_size=96))
     assert [(t.category_id, round(t.score, 5)) for t in a.tracks] == [(t.category_id, round(t.score, 5)) for t in b.tracks]
