@@ -12,7 +12,7 @@ from videogen import make_video
 
 from clipvis_core.cli import main
 from clipvis_core.errors import InputError
-from clipvis_core.jobs import JobCancelled, JobHandle, JobSettings, JobSpec, lookup, run_job, submit
+from clipvis_core.jobs import JobCancelled, JobHandle, JobSettings, JobSpec, JobTimeout, lookup, run_job, submit
 from clipvis_core.segmenter import SegmentOptions, get_segmenter
 
 VOCAB = ["car, automobile", "person", "ball"]
@@ -132,6 +132,13 @@ def test_cancel_stops_a_running_job(media, tiny_card, settings):
         h.wait(timeout=30)
     st = h.status()
     assert st.state == "REVOKED" and lookup(spec, settings) is None
+
+
+def test_time_limit_stops_a_job_between_frames(media, tiny_card, settings):
+    spec = JobSpec(str(media["long"]), VOCAB[1:], str(tiny_card), OPTS)
+    with pytest.raises(JobTimeout, match="CLIPVIS_JOB_TIME_LIMIT"):
+        run_job(spec, settings=dataclasses.replace(settings, time_limit=0.0))
+    assert lookup(spec, settings) is None
 
 
 def test_corrupt_video_fails_at_once_with_its_message(media, tiny_card, settings):
