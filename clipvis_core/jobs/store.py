@@ -10,13 +10,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
+import logging
 import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 from ..tracks import VideoTracks, write_atomic
+
+log = logging.getLogger("clipvis.jobs")
 
 
 class ResultStore:
@@ -79,11 +81,17 @@ class _Heartbeat(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
+        import redis
+
         while not self.stop.wait(self.lock.timeout / 3):
             try:
                 self.lock.reacquire()
-            except Exception:  # lost the lock or Redis hiccup: the next beat tries again
-                pass
+            except redis.exceptions.LockNotOwnedError:
+                # The TTL ran out between beats (process stalled): another worker may take the job.
+                log.warning("lost execution lock %s; a duplicate run may start", self.lock.name)
+                return
+            except redis.exceptions.RedisError as e:  # Redis hiccup: the next beat tries again
+                log.warning("could not extend execution lock %s: %s", self.lock.name, e)
 
 
 @contextlib.contextmanager
@@ -101,7 +109,9 @@ def redis_lock(client, name: str, ttl: float, ready: Callable[[], bool], poll: f
         yield not ready()
     finally:
         beat.stop.set()
-        with contextlib.suppress(Exception):
+        import redis
+
+        with contextlib.suppress(redis.exceptions.RedisError):  # expired already: nothing to release
             lock.release()
 
 
