@@ -140,7 +140,8 @@ def _celery_submit(spec: JobSpec, queue: str, settings: JobSettings) -> JobHandl
             continue
         current = current.decode()
         state = _celery_status(JobHandle(current, key, settings)).state
-        if state not in ("FAILURE", "REVOKED") and not (state == "SUCCESS" and not ResultStore(settings.results_dir).has(key)):
+        vanished = state == "SUCCESS" and not ResultStore(settings.results_dir).has(key)  # store wiped
+        if state not in ("FAILURE", "REVOKED") and not vanished:
             return JobHandle(current, key, settings)
         with r.pipeline() as pipe:
             try:
@@ -153,7 +154,12 @@ def _celery_submit(spec: JobSpec, queue: str, settings: JobSettings) -> JobHandl
                 break
             except redis.WatchError:
                 continue
-    get_app(settings).send_task(TASK_NAME, args=[spec.to_dict()], task_id=new_id, queue=queue)
+    try:
+        get_app(settings).send_task(TASK_NAME, args=[spec.to_dict()], task_id=new_id, queue=queue)
+    except BaseException:
+        if r.get(record) == new_id.encode():
+            r.delete(record)  # never sent: do not let the record block the next submission
+        raise
     return JobHandle(new_id, key, settings)
 
 
