@@ -13,7 +13,7 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from label_studio_ml.model import LabelStudioMLBase
+from .lsml import LabelStudioMLBase
 
 from clipvis_core.errors import ClipvisError
 

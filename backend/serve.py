@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import logging
 
-from label_studio_ml import api
-from label_studio_ml.model import LabelStudioMLManager, ModelWrapper
-
 from clipvis_core.errors import ClipvisError
 
+from .lsml import LabelStudioMLManager, ModelWrapper, api
 from .model import ClipvisBackend
 from .settings import BackendSettings
 
