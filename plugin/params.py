@@ -75,6 +75,7 @@ def _field_name(params: dict, key: str, default: str | None = None) -> str:
 def parse_segment(params: dict, dataset) -> SegmentRequest:
     field = _field_name(params, "label_field", DEFAULT_FIELD)
     sources.check_writable(dataset, field)
+    sources.check_summary_writable(dataset, f"{field}_summary")
     max_tracks = _number(params, "max_tracks", 20, int, lo=0)
     return SegmentRequest(
         vocabulary=sources.resolve_vocabulary(params, dataset),

@@ -23,7 +23,7 @@ class SegmentSummary:
     model: str
 
 
-def check_media(view, frame_stride: int) -> list[str]:
+def check_media(paths: list[str], frame_stride: int) -> None:
     """Open every sample's media before the first write: unreadable files fail the run up front.
 
     Opening decodes one frame and counts frames, so this costs little next to the segmentation.
@@ -31,31 +31,31 @@ def check_media(view, frame_stride: int) -> list[str]:
     from clipvis_core.errors import InputError
     from clipvis_core.video import open_video
 
-    paths = view.values("filepath")
     for path in paths:
         try:
             with open_video(path, frame_stride=frame_stride):
                 pass
         except InputError as e:
             raise InputError(f"sample {path}: {e}") from None
-    return paths
 
 
 def segment_view(view, req: SegmentRequest, progress: Progress | None = None) -> SegmentSummary:
     dataset = view._root_dataset
-    n = len(check_media(view, req.frame_stride))
+    # Ids and paths up front: no database cursor stays open during minutes of inference.
+    ids, paths = view.values(["id", "filepath"])
+    check_media(paths, req.frame_stride)
+    n = len(ids)
     total_tracks, classes, model = 0, set(), ""
-    # Only the path is read here; writes go through the full sample so frames can be replaced.
-    for i, sample in enumerate(view.select_fields().iter_samples()):
-        name = sample.filepath.rsplit("/", 1)[-1]
+    for i, (sample_id, path) in enumerate(zip(ids, paths)):
+        name = path.rsplit("/", 1)[-1]
 
         def on_frames(done: int, total: int, i=i, name=name):
             if progress is not None:
                 progress((i + done / max(total, 1)) / n, f"{name}: frame {done}/{total}")
 
-        tracks = runner.segment_media(sample.filepath, req, on_frames)
+        tracks = runner.segment_media(path, req, on_frames)
         labels = tracks_to_labels(tracks, req.score_threshold, req.max_tracks, req.store_masks)
-        write_sample(dataset[sample.id], labels, req.label_field)
+        write_sample(dataset[sample_id], labels, req.label_field)
         total_tracks += labels.num_tracks
         classes.update(labels.classes)
         model = tracks.model or model

