@@ -235,9 +235,28 @@ def test_retrieve_answers_stored_results_and_pushes_late_ones(label_studio, back
     assert [len(ls.predictions(t)) for t in (stored, late, hooked)] == [1, 1, 1]
 
 
+def test_local_files_storage_media_is_fetched_with_the_token(label_studio, backend, videos):
+    """Tasks from Label Studio local-files storage (/data/local-files/?d=...) are downloaded through
+    Label Studio with the project token (the backend has no LOCAL_FILES_DOCUMENT_ROOT of its own)."""
+    ls = label_studio
+    project = ls.project("clipvis local files")
+    folder = ls.tmp / "data" / "files" / "clips"  # under the script's LOCAL_FILES_DOCUMENT_ROOT
+    folder.mkdir(parents=True)
+    (folder / "b.mp4").write_bytes(videos["b"].read_bytes())
+    storage = ls.api("POST", "/api/storages/localfiles", json={"project": project, "path": str(folder),
+                                                               "use_blob_urls": True, "title": "clips"})
+    ls.api("POST", f"/api/storages/localfiles/{storage['id']}/sync")
+    (task,) = ls.api("GET", "/api/tasks", params={"project": project, "fields": "all"})["tasks"]
+    assert "/data/local-files/" in json.dumps(task["data"])
+    version = _connect(ls, project, backend)
+    _retrieve(ls, project)
+    (pred,) = _wait_predictions(ls, task["id"])
+    _check_prediction(pred, videos["b"], version)
+
+
 def test_twenty_concurrent_predict_calls(label_studio, backend, videos, tmp_path):
     ls = label_studio
-    project = max(p["id"] for p in ls.api("GET", "/api/projects")["results"])
+    project = next(p["id"] for p in ls.api("GET", "/api/projects")["results"] if p["title"] == "clipvis retrieve")
     fresh_video = make_video(tmp_path / "fresh.mp4", 16, 96, 128, fps=10.0, seed=11, codec="h264")
     fresh = ls.upload(project, fresh_video)  # not computed yet (its webhook job starts now)
     tasks = ls.api("GET", "/api/tasks", params={"project": project, "fields": "all"})["tasks"]
