@@ -141,6 +141,20 @@ def test_time_limit_stops_a_job_between_frames(media, tiny_card, settings):
     assert lookup(spec, settings) is None
 
 
+def test_oom_fallback_options_are_smaller(tiny_card):
+    # The CUDA OOM retry itself needs a GPU; this checks the options it retries with.
+    from clipvis_core.jobs.runner import _smaller
+
+    seg = get_segmenter(str(tiny_card))
+    inf = seg.cfg.inference
+    s = _smaller(SegmentOptions(frame_stride=2), seg)
+    assert (s.window, s.min_size, s.max_size, s.frame_stride) == (
+        max(1, inf.window // 2), int(inf.min_size * 0.75), int(inf.max_size * 0.75), 2)
+    assert _smaller(SegmentOptions(window=6, min_size=400, max_size=800), seg) == \
+        SegmentOptions(window=3, min_size=300, max_size=600)
+    assert _smaller(SegmentOptions(min_size=0), seg) == SegmentOptions(min_size=0, window=max(1, inf.window // 2))
+
+
 def test_corrupt_video_fails_at_once_with_its_message(media, tiny_card, settings):
     h = submit(JobSpec(str(media["corrupt"]), VOCAB, str(tiny_card), OPTS), settings=settings)
     with pytest.raises(InputError, match="corrupt"):

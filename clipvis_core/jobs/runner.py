@@ -96,13 +96,18 @@ def _is_cuda_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError)
 
 
-def _smaller(options, seg) -> object:
-    """Half the window and 3/4 of the resolution: the one-off fallback after a CUDA OOM."""
+def _smaller(options, seg):
+    """Half the window and 3/4 of the resolution: the one-off fallback after a CUDA OOM.
+
+    ``min_size=0`` (native frames) has no known size to shrink from: only the window halves then.
+    """
     from ..config import InferenceConfig
 
     inf = getattr(getattr(seg, "cfg", None), "inference", None) or InferenceConfig()
     window = options.window or inf.window
-    min_size = options.min_size or inf.min_size
+    min_size = inf.min_size if options.min_size is None else options.min_size
+    if min_size == 0:
+        return dataclasses.replace(options, window=max(1, window // 2))
     max_size = options.max_size or inf.max_size
     return dataclasses.replace(options, window=max(1, window // 2), min_size=max(32, int(min_size * 0.75)),
                                max_size=max(32, int(max_size * 0.75)))
