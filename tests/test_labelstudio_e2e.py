@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 import requests
-from videogen import make_video
+from videogen import make_video, shape_frames
 
 from backend.brush import mask_to_rle
 
@@ -252,6 +252,46 @@ def test_local_files_storage_media_is_fetched_with_the_token(label_studio, backe
     _retrieve(ls, project)
     (pred,) = _wait_predictions(ls, task["id"])
     _check_prediction(pred, videos["b"], version)
+
+
+IMAGE_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <BrushLabels name="brush" toName="image"><Label value="Ball" predicted_values="disc, circle"/><Label value="Box"/></BrushLabels>
+  <RectangleLabels name="rect" toName="image"><Label value="Ball" predicted_values="disc, circle"/><Label value="Box"/></RectangleLabels>
+  <PolygonLabels name="poly" toName="image"><Label value="Ball" predicted_values="disc, circle"/><Label value="Box"/></PolygonLabels>
+</View>"""
+
+
+def _sdk_errors(config: str, prediction: dict, tmp: Path) -> list[str]:
+    """Label Studio SDK's own validation of a stored prediction against the labeling config."""
+    (tmp / "check.json").write_text(json.dumps({"config": config, "prediction": prediction}))
+    code = ("import json,sys; from label_studio_sdk.label_interface import LabelInterface; "
+            "d=json.load(open(sys.argv[1])); "
+            "print(json.dumps(LabelInterface(d['config']).validate_prediction(d['prediction'], return_errors=True)))")
+    out = subprocess.run([str(LS_BIN / "python"), "-c", code, str(tmp / "check.json")], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_image_project_gets_masks_boxes_polygons_label_studio_accepts(label_studio, backend, tmp_path):
+    ls = label_studio
+    image = tmp_path / "still.png"
+    cv2.imwrite(str(image), cv2.cvtColor(shape_frames(1, 96, 128, seed=1)[0], cv2.COLOR_RGB2BGR))
+    project = ls.api("POST", "/api/projects", json={"title": "clipvis images", "label_config": IMAGE_CONFIG})["id"]
+    with open(image, "rb") as f:
+        ls.api("POST", f"/api/projects/{project}/import", files={"file": (image.name, f, "image/png")})
+    (task,) = ls.api("GET", "/api/tasks", params={"project": project})["tasks"]
+    version = _connect(ls, project, backend)
+    _retrieve(ls, project)
+    (pred,) = _wait_predictions(ls, task["id"])
+    assert pred["model_version"] == version
+    counts = {t: sum(r["type"] == t for r in pred["result"]) for t in ("brushlabels", "rectanglelabels", "polygonlabels")}
+    assert counts["brushlabels"] > 0 and len(set(counts.values())) == 1 and sum(counts.values()) == len(pred["result"])
+    assert _sdk_errors(IMAGE_CONFIG, {"result": pred["result"]}, tmp_path) == []
+    for project_id in (p["id"] for p in ls.api("GET", "/api/projects")["results"] if p["title"] == "clipvis prelabel"):
+        for t in ls.api("GET", "/api/tasks", params={"project": project_id})["tasks"]:
+            (video_pred,) = ls.predictions(t["id"])
+            assert _sdk_errors(CONFIG, {"result": video_pred["result"]}, tmp_path) == []
 
 
 def test_twenty_concurrent_predict_calls(label_studio, backend, videos, tmp_path):
