@@ -21,11 +21,10 @@ class YtvisExport:
     results: list[dict]
 
 
-def export_ytvis(view, gt_field: str, pred_field: str) -> YtvisExport:
+def export_ytvis(dataset, view, gt_field: str, pred_field: str) -> YtvisExport:
     """Ground truth + results of a view in YTVIS format (masks pasted back to full frames)."""
     view.compute_metadata()  # frame sizes; a no-op for samples that have metadata
     ids, gts, preds = [], [], []
-    dataset = view._root_dataset
     paths = [sources.check_label_field(dataset, f, f) for f in (gt_field, pred_field)]
     for sample in view.select_fields(paths).iter_samples():
         ids.append(sample.id)
@@ -39,11 +38,11 @@ def export_ytvis(view, gt_field: str, pred_field: str) -> YtvisExport:
     return YtvisExport(sample_ids=ids, gt=gt, results=results)
 
 
-def evaluate_view(view, req: EvalRequest) -> dict:
+def evaluate_view(dataset, view, req: EvalRequest) -> dict:
     """Score the view, store the metrics on the dataset and per-sample scores on the samples."""
     from clipvis_core.evaluation import evaluate
 
-    data = export_ytvis(view, req.gt_field, req.pred_field)
+    data = export_ytvis(dataset, view, req.gt_field, req.pred_field)
     report = evaluate(data.gt, data.results, req.protocol)
     per_video = {v.video_id: v for v in report.per_video}
     iou, fp, matched = [], [], []
@@ -57,7 +56,6 @@ def evaluate_view(view, req: EvalRequest) -> dict:
     view.set_values(f"{req.eval_key}_fp50", fp)
     view.set_values(f"{req.eval_key}_matched50", matched)
     metrics = report.to_dict()
-    dataset = view._root_dataset
     stored = dict(dataset.info.get("clipvis_evaluations", {}))
     stored[req.eval_key] = {"pred_field": req.pred_field, "gt_field": req.gt_field, "protocol": req.protocol,
                             "samples": len(data.sample_ids), "stats": metrics["stats"],

@@ -44,6 +44,11 @@ def frame_detections(sample, field: str) -> dict[int, list]:
 def frame_size(sample) -> tuple[int, int, int]:
     """(width, height, number of frames) from the sample's metadata (compute it first)."""
     md = sample.metadata
+    if md is None:
+        from clipvis_core.errors import InputError
+
+        raise InputError(f"sample {sample.filepath}: no metadata and the media could not be read; "
+                         "fix the path or run dataset.compute_metadata()")
     if sample.media_type == "video":
         return int(md.frame_width), int(md.frame_height), int(md.total_frame_count)
     return int(md.width), int(md.height), 1

@@ -16,8 +16,7 @@ class NoveltySummary:
     view_name: str
 
 
-def find_novel(view, req: NoveltyRequest) -> NoveltySummary:
-    dataset = view._root_dataset
+def find_novel(dataset, view, req: NoveltyRequest) -> NoveltySummary:
     path = sources.check_label_field(dataset, req.pred_field, "pred_field")
     ids, found = sample_novelties(view, path, req.base_names)
     # Every value is computed before the first write; set_values writes each field in one batch.

@@ -62,7 +62,7 @@ class SegmentVideoInstances(foo.Operator):
         from .segment import segment_view
 
         req = P.parse_segment(ctx.params, ctx.dataset)
-        summary = segment_view(_target(ctx), req, _progress(ctx))
+        summary = segment_view(ctx.dataset, _target(ctx), req, _progress(ctx))
         if not ctx.delegated:
             ctx.trigger("reload_dataset")
         return {"samples": summary.samples, "tracks": summary.tracks, "classes": summary.classes,
@@ -92,7 +92,7 @@ class FindNovelCategories(foo.Operator):
         from .novel import find_novel
 
         req = P.parse_novelty(ctx.params, ctx.dataset)
-        summary = find_novel(_target(ctx), req)
+        summary = find_novel(ctx.dataset, _target(ctx), req)
         if not ctx.delegated:
             ctx.trigger("reload_dataset")
             ctx.ops.set_view(name=summary.view_name)
@@ -122,7 +122,7 @@ class EvaluateVideoInstances(foo.Operator):
         from .evaluate import evaluate_view
 
         req = P.parse_evaluate(ctx.params, ctx.dataset)
-        result = evaluate_view(_target(ctx), req)
+        result = evaluate_view(ctx.dataset, _target(ctx), req)
         if not ctx.delegated:
             ctx.trigger("reload_dataset")
         return {"eval_key": req.eval_key, "stats": result["stats"], "samples": result["samples"]}

@@ -84,7 +84,7 @@ def parse_segment(params: dict, dataset) -> SegmentRequest:
         max_tracks=max_tracks or None,
         frame_stride=_number(params, "frame_stride", 1, int, lo=1),
         label_field=field,
-        store_masks=bool(params.get("store_masks", True)),
+        store_masks=params.get("store_masks") is not False,  # unset / None (form untouched) -> masks
     )
 
 

@@ -39,8 +39,7 @@ def check_media(paths: list[str], frame_stride: int) -> None:
             raise InputError(f"sample {path}: {e}") from None
 
 
-def segment_view(view, req: SegmentRequest, progress: Progress | None = None) -> SegmentSummary:
-    dataset = view._root_dataset
+def segment_view(dataset, view, req: SegmentRequest, progress: Progress | None = None) -> SegmentSummary:
     # Ids and paths up front: no database cursor stays open during minutes of inference.
     ids, paths = view.values(["id", "filepath"])
     check_media(paths, req.frame_stride)
