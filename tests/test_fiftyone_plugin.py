@@ -237,5 +237,9 @@ def test_image_dataset_is_one_frame_videos(fo_session, small_card, videos, tmp_p
                 t = next(t for t in tracks.tracks if t.id == d.index)
                 assert np.array_equal(paste_mask(d, WIDTH, HEIGHT), t.mask(0))
             assert {c.label for c in sample.pred_summary.classifications} == {t.label for t in tracks.tracks}
+        # Target = the current view (here: the first sample only).
+        run_op("segment_video_instances", dataset, seg_params(small_card, label_field="first_only"),
+               view=dataset.limit(1))
+        assert [s.has_field("first_only") and s.first_only is not None for s in dataset] == [True, False]
     finally:
         dataset.delete()

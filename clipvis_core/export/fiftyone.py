@@ -64,8 +64,10 @@ def tracks_to_labels(
     # FiftyOne frame numbers are 1-based source frames; a stride leaves the skipped frames unlabeled.
     frame_numbers = [i + 1 for i in tracks.video.frame_indices] or list(range(1, len(kept[0].masks) + 1) if kept else [])
     per_frame: dict[int, list] = {fn: [] for fn in frame_numbers}
+    # fo.Instance (FiftyOne >= 1.x) links a track's detections across frames; older versions have `index` only.
+    linked = hasattr(fo, "Instance")
     for track in kept:
-        instance = fo.Instance()  # links this track's detections across frames
+        link = {"instance": fo.Instance()} if linked else {}
         for k in track.present_frames():
             crop = crop_instance(track.mask(k))
             if crop is None:
@@ -77,8 +79,8 @@ def tracks_to_labels(
                     mask=crop.mask if store_masks else None,
                     confidence=float(track.score),
                     index=int(track.id),
-                    instance=instance,
                     frame_score=float(track.frame_scores[k]),
+                    **link,
                 )
             )
     frames = {fn: fo.Detections(detections=dets) for fn, dets in per_frame.items()}
