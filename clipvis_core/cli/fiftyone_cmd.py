@@ -9,6 +9,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from ..errors import ClipvisError, InputError
@@ -83,7 +84,9 @@ def check(target_dir: Path) -> list[str]:
     import json
 
     env = dict(os.environ, FIFTYONE_PLUGINS_DIR=str(target_dir))
-    proc = subprocess.run([sys.executable, "-c", _CHECK_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    # Run outside the checkout: from its root, `clipvis_core` would import even when it is not installed.
+    proc = subprocess.run([sys.executable, "-c", _CHECK_SCRIPT], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=tempfile.gettempdir())
     if proc.returncode != 0:
         raise ClipvisError(f"FiftyOne failed to start: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
     info = json.loads(proc.stdout.strip().splitlines()[-1])
