@@ -55,8 +55,6 @@ def check_writable(dataset, name: str) -> None:
     """The output field may be new or a Detections field at the level we write (frames for videos)."""
     info = label_field_info(dataset, name)
     if info is None:
-        if dataset.media_type == "video" and name in dataset.get_field_schema():
-            raise InputError(f"label_field {name!r} is already a sample-level field: choose another label field name")
         return
     path, is_frame, doc = info
     if doc != "Detections" or is_frame != (dataset.media_type == "video"):
@@ -170,9 +168,11 @@ def check_checkpoint(value: str | None) -> str:
     if value in local:
         return value
     path = Path(value).expanduser()
-    if value.startswith("random:") or (path.suffix == ".json" and path.is_file()):
+    if value in weights.RELEASED or value.startswith("random:") or (path.suffix == ".json" and path.is_file()):
         try:
-            weights.resolve_checkpoint(value)  # cheap for these two: reads a card, no weights
+            # Cheap for these: reads a card or the registry, loads no weights. A registered name
+            # that is not downloaded fails here with where to get it.
+            weights.resolve_checkpoint(value)
         except WeightsError as e:
             raise InputError(str(e)) from None
         return value

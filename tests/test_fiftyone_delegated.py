@@ -84,6 +84,7 @@ BAD = [
     ("segment_video_instances", dict(vocabulary_source="field", vocabulary_field="nope"), "vocabulary_field 'nope' not found"),
     ("segment_video_instances", dict(vocabulary_source="builtin", builtin_vocabulary="nope"), "unknown built-in vocabulary"),
     ("segment_video_instances", dict(checkpoint="no-such-model"), "unknown checkpoint 'no-such-model'"),
+    ("segment_video_instances", dict(checkpoint="clipvis-r50-ytvis19"), "is not on this machine: download it"),
     ("segment_video_instances", dict(label_field="filepath"), "already exists"),
     ("segment_video_instances", dict(label_field="gt bad"), "not a valid field name"),
     ("segment_video_instances", dict(frame_stride=0), "frame_stride must be"),
