@@ -31,10 +31,16 @@ def _suggest(inputs, name: str, choices: list[str], label: str, description: str
     inputs.str(name, label=label, description=description, view=view, default=default)
 
 
+def check_target(view) -> None:
+    if len(view) == 0:
+        raise InputError("the target has no samples: pick the dataset, a non-empty view or select samples")
+
+
 def _report(inputs, ctx, parse: Callable) -> None:
     """Show the first problem of the current parameters; an invalid property blocks execution."""
     try:
         parse(ctx.params, ctx.dataset)
+        check_target(ctx.target_view())
     except InputError as e:
         inputs.view("problem", types.Error(label=str(e)), invalid=True, error_message=str(e))
 

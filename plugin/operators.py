@@ -1,6 +1,8 @@
 """The plugin's operators: each parses its form and calls one function of the sibling modules."""
 from __future__ import annotations
 
+import time
+
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
@@ -13,8 +15,6 @@ _THROTTLE_S = 0.5
 def _progress(ctx):
     """``ctx.set_progress`` for delegated runs, at most every half second (immediate runs: none,
     the App shows its own spinner and each call would be a message to the browser)."""
-    import time
-
     last = [0.0]
 
     def report(fraction: float, label: str) -> None:
@@ -28,10 +28,7 @@ def _progress(ctx):
 
 def _target(ctx):
     view = ctx.target_view()
-    if len(view) == 0:
-        from clipvis_core.errors import InputError
-
-        raise InputError("the target has no samples: pick the dataset, a non-empty view or select samples")
+    forms.check_target(view)
     return view
 
 

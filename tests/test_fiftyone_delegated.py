@@ -109,6 +109,9 @@ def test_bad_parameters_fail_before_any_write(ds, small_card):
         ds.add_sample_field("clash_summary", fo.StringField)  # the summary would land on a text field
     before = snapshot(ds)
     n_ops = len(DelegatedOperationService().list_operations(dataset_name=ds.name))
+    empty = ds.match({"filepath": "nothing"})
+    with pytest.raises(ExecutionError, match="the target has no samples"):
+        run_op("find_novel_categories", ds, dict(pred_field="pred"), delegated=True, view=empty)
     for op, params, message in BAD:
         if op == "segment_video_instances":
             params = {**dict(classes=CLASSES, checkpoint=str(small_card)), **params}
