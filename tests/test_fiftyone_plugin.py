@@ -1,5 +1,5 @@
-"""The plugin's operators on real FiftyOne + MongoDB, generated videos and the fixture's tiny model:
-immediate runs, delegated runs executed by `fiftyone delegated launch`, and bad parameters."""
+"""The plugin's operators run immediately on real FiftyOne + MongoDB, generated videos and the
+fixture's tiny model: written labels, re-runs, novelty on known labels, evaluation vs `clipvis eval`."""
 from __future__ import annotations
 
 import json
@@ -10,10 +10,8 @@ import pytest
 
 from clipvis_core.export.fiftyone import paste_mask
 from test_fiftyone_env import (  # noqa: F401  (fixtures)
-    HEIGHT, NUM_FRAMES, SHAPE_COLORS, WIDTH, fo_session, make_video_dataset, run_cli, run_op, shape_masks,
-    small_card, snapshot, videos, wait_delegated,
+    HEIGHT, NUM_FRAMES, WIDTH, fo_session, make_video_dataset, run_cli, run_op, shape_masks, small_card, videos,
 )
-from videogen import write_video
 
 CLASSES = "disc; rectangle, box; square"
 
