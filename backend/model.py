@@ -49,7 +49,7 @@ class ClipvisBackend(LabelStudioMLBase):
     def __init__(self, label_config=None, train_output=None, settings: BackendSettings | None = None, **kwargs):
         super().__init__(label_config=label_config, train_output=train_output, **kwargs)
         self.settings = settings or BackendSettings.from_env()
-        self.targets = plan(self.parsed_label_config)  # ConfigError names the supported tags
+        self.targets = plan(self.parsed_label_config, self.label_config)  # ConfigError names the supported tags
         self.model_version = f"{checkpoint_name(self.settings.checkpoint)}-{vocabulary_hash(self.targets)}"
         self.ls_url = (self.settings.ls_url or self.hostname or "").rstrip("/") or None
         self.auth = LabelStudioAuth(self.ls_url, self.settings.api_key or self.access_token)
@@ -90,7 +90,7 @@ class ClipvisBackend(LabelStudioMLBase):
         for targets, fut in job.parts:
             outcome: runner.Outcome = fut.result()
             for t in targets:
-                result.extend(t.regions(outcome.tracks, outcome.frames_count))
+                result.extend(t.regions(outcome.tracks, outcome.frames_count, job.task.get("data")))
         scores = [r["score"] for r in result]
         return {"result": result, "score": sum(scores) / len(scores) if scores else 0.0,
                 "model_version": self.model_version}

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
+from xml.etree import ElementTree
 
 import cv2
 import numpy as np
@@ -27,6 +29,9 @@ SUPPORTED_TAGS = (
 )
 
 
+LS_DEFAULT_FRAMERATE = "24"  # <Video framerate> when the config does not set one
+
+
 class ConfigError(InputError):
     """A labeling config this backend cannot pre-annotate."""
 
@@ -41,6 +46,9 @@ class Target:
     data_key: str
     labels: tuple[str, ...]  # Label Studio label values, in vocabulary order
     prompts: tuple[str, ...]  # vocabulary entries ("car, automobile" = synonyms)
+    # The object tag's `framerate` attribute ("25", or "$fps" from task data): Label Studio
+    # numbers video frames at this rate, not at the file's.
+    frame_rate: str = LS_DEFAULT_FRAMERATE
 
     @property
     def kind(self) -> str:
@@ -50,8 +58,21 @@ class Target:
     def vocabulary(self) -> Vocabulary:
         return Vocabulary.from_names(self.prompts)
 
-    def regions(self, tracks: VideoTracks, frames_count: int | None = None) -> list[dict]:
-        return self.strategy().regions(self, tracks, frames_count)
+    def ls_fps(self, task_data: dict | None = None) -> float:
+        """Label Studio's frame rate for this task, resolved the way its editor does."""
+        raw = self.frame_rate
+        if raw.startswith("$"):
+            raw = str((task_data or {}).get(raw[1:], ""))
+        try:
+            fps = float(raw)
+        except ValueError:
+            return float(LS_DEFAULT_FRAMERATE)
+        if not math.isfinite(fps) or fps <= 0:
+            return float(LS_DEFAULT_FRAMERATE)
+        return 1.0 / fps if fps < 1 else fps
+
+    def regions(self, tracks: VideoTracks, frames_count: int | None = None, task_data: dict | None = None) -> list[dict]:
+        return self.strategy().regions(self, tracks, frames_count, task_data)
 
 
 def _vocabulary(label_attrs: dict[str, dict]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -61,6 +82,11 @@ def _vocabulary(label_attrs: dict[str, dict]) -> tuple[tuple[str, ...], tuple[st
         # predicted_values lists the prompt synonyms; without it the label itself is the prompt.
         prompts.append((attrs.get("predicted_values") or value).strip())
     return tuple(labels), tuple(prompts)
+
+
+def _js_round(x: float) -> int:
+    # Label Studio's editor rounds like JavaScript's Math.round (halves up), not like round().
+    return math.floor(x + 0.5)
 
 
 def _percent(v: float, size: int) -> float:
@@ -73,7 +99,7 @@ class Strategy:
     kind = "image"  # media kind the segmenter gets
 
     @classmethod
-    def targets(cls, parsed: dict) -> list[Target]:
+    def targets(cls, parsed: dict, objects: dict[str, dict] | None = None) -> list[Target]:
         out = []
         for name, info in parsed.items():
             if info["type"] != cls.control or len(info["inputs"]) != 1 or info["inputs"][0]["type"] != cls.obj:
@@ -86,7 +112,9 @@ class Strategy:
                 )
             labels, prompts = _vocabulary(attrs)
             Vocabulary.from_names(prompts)  # a blank synonym fails at /setup, not at /predict
-            out.append(Target(cls, name, info["to_name"][0], info["inputs"][0]["value"], labels, prompts))
+            to_name = info["to_name"][0]
+            rate = (objects or {}).get(to_name, {}).get("framerate") or LS_DEFAULT_FRAMERATE
+            out.append(Target(cls, name, to_name, info["inputs"][0]["value"], labels, prompts, rate))
         return out
 
     labels_hint = ""
@@ -95,7 +123,7 @@ class Strategy:
     def label_attrs(cls, parsed: dict, name: str, info: dict) -> dict[str, dict]:
         return info.get("labels_attrs") or {}
 
-    def regions(self, target: Target, tracks: VideoTracks, frames_count: int | None) -> list[dict]:
+    def regions(self, target: Target, tracks: VideoTracks, frames_count: int | None, task_data=None) -> list[dict]:
         w, h = tracks.video.width, tracks.video.height
         out = []
         for tr in tracks.tracks:
@@ -164,32 +192,41 @@ class VideoRectangleStrategy(Strategy):
                 attrs.update(other.get("labels_attrs") or {})
         return attrs
 
-    def regions(self, target, tracks, frames_count):
+    def regions(self, target, tracks, frames_count, task_data=None):
         info = tracks.video
         fps = info.fps if info.fps and info.fps > 0 else 25.0
         frames_count = frames_count or (max(info.frame_indices) + 1 if info.frame_indices else info.num_frames)
+        duration = frames_count / fps
+        # Label Studio counts frames at the <Video framerate> (24 unless set), whatever the file's
+        # rate: place each keyframe by its time, so boxes line up with the picture.
+        ls_fps = target.ls_fps(task_data)
+        ls_frames = max(1, _js_round(duration * ls_fps))
         out = []
         for tr in tracks.tracks:
             present = tr.present_frames()
             if not present:
                 continue
-            sequence = []
+            sequence: list[dict] = []
             for j, i in enumerate(present):
                 x, y, w, h = tr.boxes[i]
-                frame = info.frame_indices[i] + 1 if info.frame_indices else i + 1  # LS frames are 1-based
+                t = (info.frame_indices[i] if info.frame_indices else i) / fps
+                frame = min(ls_frames, _js_round(t * ls_fps) + 1)  # LS frames are 1-based
                 # Interpolate to the next keyframe only when the track continues on the next
                 # processed frame; a gap or the track's end turns the box off after this frame.
                 continues = j + 1 < len(present) and present[j + 1] == i + 1
-                sequence.append({
+                key = {
                     "frame": frame, "enabled": continues, "rotation": 0,
                     "x": _percent(x, info.width), "y": _percent(y, info.height),
-                    "width": _percent(w, info.width), "height": _percent(h, info.height),
-                    "time": (frame - 1) / fps,
-                })
+                    "width": _percent(w, info.width), "height": _percent(h, info.height), "time": t,
+                }
+                if sequence and sequence[-1]["frame"] == frame:
+                    sequence[-1] = key  # several source frames on one LS frame: keep the latest
+                else:
+                    sequence.append(key)
             out.append({
                 "id": f"clipvis-{tr.id}", "from_name": target.from_name, "to_name": target.to_name,
                 "type": "videorectangle", "origin": "prediction", "score": float(tr.score),
-                "value": {"framesCount": int(frames_count), "duration": frames_count / fps,
+                "value": {"framesCount": ls_frames, "duration": duration,
                           "labels": [target.labels[tr.category_id]], "sequence": sequence},
             })
         return out
@@ -198,9 +235,21 @@ class VideoRectangleStrategy(Strategy):
 STRATEGIES: tuple[type[Strategy], ...] = (VideoRectangleStrategy, BrushStrategy, RectangleStrategy, PolygonStrategy)
 
 
-def plan(parsed: dict) -> list[Target]:
+def object_attributes(label_config: str | None) -> dict[str, dict]:
+    """Attributes of every named tag of a labeling config (e.g. a <Video>'s framerate)."""
+    if not label_config:
+        return {}
+    try:
+        root = ElementTree.fromstring(label_config)
+    except ElementTree.ParseError as e:
+        raise ConfigError(f"labeling config is not valid XML: {e}") from None
+    return {el.attrib["name"]: dict(el.attrib) for el in root.iter() if "name" in el.attrib}
+
+
+def plan(parsed: dict, label_config: str | None = None) -> list[Target]:
     """Every control this backend fills; a clear error when there is none."""
-    targets = [t for s in STRATEGIES for t in s.targets(parsed)]
+    objects = object_attributes(label_config)
+    targets = [t for s in STRATEGIES for t in s.targets(parsed, objects)]
     if not targets:
         found = sorted({info["type"] for info in parsed.values()}) or ["no control tags"]
         raise ConfigError(
@@ -213,4 +262,6 @@ def plan(parsed: dict) -> list[Target]:
 def vocabulary_hash(targets: list[Target]) -> str:
     """Short digest of every target's labels and prompts: part of ``model_version``."""
     payload = [[t.from_name, list(t.labels), list(t.prompts)] for t in targets]
+    if any(t.frame_rate != LS_DEFAULT_FRAMERATE for t in targets):  # frame numbering is part of the output
+        payload.append([t.frame_rate for t in targets])
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:10]

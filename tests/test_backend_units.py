@@ -2,6 +2,8 @@
 and the media fetcher's policy against a real HTTP server on 127.0.0.1."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from label_studio_tools.core.label_config import parse_config
@@ -64,25 +66,48 @@ def test_video_config_plan_uses_project_labels_and_synonyms():
     assert target.vocabulary.synonyms == [["car", "automobile"], ["Ball"]]
 
 
-def test_videorectangle_sequence_frames_percent_and_gaps():
+@pytest.mark.parametrize("rate_attr, task_data, ls_fps", [
+    ('framerate="20"', {}, 20.0),  # the file's own rate: LS frames are the source frames, 1-based
+    ("", {}, 24.0),  # Label Studio's default
+    ('framerate="$fps"', {"fps": "12.5"}, 12.5),  # from task data, as the editor resolves it
+])
+def test_videorectangle_sequence_frames_percent_and_gaps(rate_attr, task_data, ls_fps):
     present = [0, 1, 2, 5, 6]  # a gap at processed frames 3-4
     tracks = _tracks_from_shapes(8, present=present, frame_indices=[0, 2, 4, 6, 8, 10, 12, 14], fps=20.0)
-    (target,) = plan(parse_config(VIDEO_CONFIG))
-    (region,) = target.regions(tracks, frames_count=15)
+    config = VIDEO_CONFIG.replace('framerate="10"', rate_attr)
+    (target,) = plan(parse_config(config), config)
+    (region,) = target.regions(tracks, frames_count=15, task_data=task_data)
     assert region["type"] == "videorectangle" and region["from_name"] == "box" and region["to_name"] == "video"
     assert region["score"] == pytest.approx(0.8)
     value = region["value"]
-    assert value["labels"] == ["Vehicle"] and value["framesCount"] == 15
-    assert value["duration"] == pytest.approx(15 / 20.0)
+    assert value["labels"] == ["Vehicle"] and value["duration"] == pytest.approx(15 / 20.0)
+    assert value["framesCount"] == math.floor(15 / 20.0 * ls_fps + 0.5)
     seq = value["sequence"]
-    assert [s["frame"] for s in seq] == [tracks.video.frame_indices[i] + 1 for i in present]
+    times = [tracks.video.frame_indices[i] / 20.0 for i in present]
+    assert [s["frame"] for s in seq] == [math.floor(t * ls_fps + 0.5) + 1 for t in times]  # JS Math.round
+    if ls_fps == 20.0:
+        assert [s["frame"] for s in seq] == [tracks.video.frame_indices[i] + 1 for i in present]
+    assert [s["time"] for s in seq] == pytest.approx(times)
     assert [s["enabled"] for s in seq] == [True, True, False, True, False]
     for s, i in zip(seq, present):
         x, y, w, h = tracks.tracks[0].boxes[i]
         assert (s["x"], s["y"]) == pytest.approx((x / 128 * 100, y / 96 * 100))
         assert (s["width"], s["height"]) == pytest.approx((w / 128 * 100, h / 96 * 100))
-        assert s["time"] == pytest.approx((s["frame"] - 1) / 20.0) and s["rotation"] == 0
-        assert 0 <= s["x"] <= 100 and 0 < s["width"] <= 100
+        assert s["rotation"] == 0 and 0 <= s["x"] <= 100 and 0 < s["width"] <= 100
+
+
+def test_videorectangle_keeps_one_keyframe_per_label_studio_frame():
+    """A 20 fps file shown at framerate 5: four source frames fall on each LS frame."""
+    tracks = _tracks_from_shapes(12, fps=20.0)
+    config = VIDEO_CONFIG.replace('framerate="10"', 'framerate="5"')
+    (target,) = plan(parse_config(config), config)
+    (region,) = target.regions(tracks, frames_count=12)
+    seq = region["value"]["sequence"]
+    assert region["value"]["framesCount"] == 3  # 0.6 s at 5 fps
+    assert [s["frame"] for s in seq] == [1, 2, 3]
+    # The latest source frame on each LS frame wins (its box and time).
+    assert [s["time"] for s in seq] == pytest.approx([0.05, 0.25, 0.55])
+    assert seq[-1]["enabled"] is False and seq[0]["enabled"] is True
 
 
 IMAGE_CONFIG = """<View>
@@ -127,10 +152,14 @@ def test_videorectangle_without_labels_is_explained():
         plan(parse_config('<View><Video name="v" value="$video"/><VideoRectangle name="b" toName="v"/></View>'))
 
 
-def test_vocabulary_hash_changes_with_labels_and_synonyms():
-    a = vocabulary_hash(plan(parse_config(VIDEO_CONFIG)))
-    b = vocabulary_hash(plan(parse_config(VIDEO_CONFIG.replace("car, automobile", "car"))))
-    assert a != b and a == vocabulary_hash(plan(parse_config(VIDEO_CONFIG)))
+def test_vocabulary_hash_changes_with_labels_synonyms_and_frame_rate():
+    def version(config):
+        return vocabulary_hash(plan(parse_config(config), config))
+
+    a = version(VIDEO_CONFIG)
+    assert a == version(VIDEO_CONFIG)
+    assert a != version(VIDEO_CONFIG.replace("car, automobile", "car"))
+    assert a != version(VIDEO_CONFIG.replace('framerate="10"', 'framerate="25"'))
 
 
 # -- media -----------------------------------------------------------------------------------------

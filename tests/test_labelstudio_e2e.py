@@ -4,6 +4,7 @@ task-creation webhooks and 20 concurrent /predict calls."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -144,26 +145,29 @@ def backend(backend_env, tmp_path_factory):
         _stop(proc)
 
 
-def _frames(path: Path) -> int:
+def _frames(path: Path) -> tuple[int, float]:
     cap = cv2.VideoCapture(str(path))
+    fps = cap.get(cv2.CAP_PROP_FPS)
     n = 0
     while cap.grab():
         n += 1
     cap.release()
-    return n
+    return n, fps
 
 
 def _check_prediction(pred: dict, video: Path, version: str) -> None:
     assert pred["model_version"] == version
-    frames = _frames(video)
+    n, fps = _frames(video)
+    frames = math.floor(n / fps * 24 + 0.5)  # the config sets no <Video framerate>: LS counts at 24 fps
     assert pred["result"], "no tracks"
     for region in pred["result"]:
         assert (region["type"], region["from_name"], region["to_name"]) == ("videorectangle", "box", "video")
         v = region["value"]
         assert set(v["labels"]) <= LABELS and len(v["labels"]) == 1
-        assert v["framesCount"] == frames
+        assert v["framesCount"] == frames and v["duration"] == pytest.approx(n / fps)
         seq = v["sequence"]
         assert all(1 <= s["frame"] <= frames for s in seq) and seq[-1]["enabled"] is False
+        assert all(s["frame"] == math.floor(s["time"] * 24 + 0.5) + 1 for s in seq)
         assert [s["frame"] for s in seq] == sorted({s["frame"] for s in seq})
         for s in seq:
             assert 0 <= s["x"] <= 100 and 0 <= s["y"] <= 100 and 0 < s["width"] <= 100 and 0 < s["height"] <= 100
