@@ -15,7 +15,8 @@ from pathlib import Path
 
 from .lsml import LabelStudioMLBase
 
-from clipvis_core.errors import ClipvisError
+from clipvis_core.errors import ClipvisError, WeightsError
+from clipvis_core.weights import resolve_checkpoint
 
 from . import runner
 from .media import LabelStudioAuth, MediaFetcher
@@ -27,8 +28,13 @@ log = logging.getLogger("clipvis.labelstudio")
 
 
 def checkpoint_name(checkpoint: str) -> str:
-    """A registered name as is; a card / weights file by its stem."""
-    return Path(checkpoint).stem if checkpoint.endswith((".json", ".pth", ".pt")) else checkpoint
+    """The name the core uses in model versions; a missing or unknown checkpoint raises a
+    ``WeightsError`` that says how to fix it (so Label Studio shows it when connecting)."""
+    if checkpoint.endswith((".pth", ".pt", ".pkl")):  # resolving would read the whole state dict
+        if not Path(checkpoint).expanduser().is_file():
+            raise WeightsError(f"checkpoint file {checkpoint} not found: check CLIPVIS_CHECKPOINT / --checkpoint")
+        return Path(checkpoint).stem
+    return resolve_checkpoint(checkpoint).name
 
 
 @dataclass

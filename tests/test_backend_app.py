@@ -224,3 +224,9 @@ def test_blank_synonym_is_refused_at_setup(env):
     client = create_app(env.settings).test_client()
     r = _setup(client, env, VIDEO_CONFIG.replace("car, automobile", "car,,automobile"))
     assert r.status_code == 500 and "non-empty" in r.get_json()["detail"]
+
+
+def test_missing_checkpoint_is_reported_at_setup(env, tmp_path):
+    client = create_app(dataclasses.replace(env.settings, checkpoint=str(tmp_path / "gone.json"))).test_client()
+    r = _setup(client, env, VIDEO_CONFIG)
+    assert r.status_code == 500 and "gone.json not found" in r.get_json()["detail"]

@@ -17,6 +17,9 @@ def _serve(args) -> int:
 
     allowed = tuple(args.allow_host or ()) or None
     settings = _settings(args, predict_budget_s=args.budget, allowed_hosts=allowed)
+    from backend.model import checkpoint_name
+
+    checkpoint_name(settings.checkpoint)  # a missing checkpoint fails now, not at the first /setup
     serve(settings, host=args.host, port=args.port, threads=args.threads)
     return 0
 
