@@ -13,12 +13,11 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .lsml import LabelStudioMLBase
-
 from clipvis_core.errors import ClipvisError, WeightsError
 from clipvis_core.weights import resolve_checkpoint
 
 from . import runner
+from .lsml import LabelStudioMLBase
 from .media import LabelStudioAuth, MediaFetcher
 from .push import LabelStudioClient
 from .settings import BackendSettings
@@ -117,8 +116,11 @@ class ClipvisBackend(LabelStudioMLBase):
                 continue
             try:
                 answers.append(self.prediction(job))
-            except ClipvisError as e:
-                log.warning("task %s: %s", job.task.get("id"), e)
+            except Exception as e:  # one failed task leaves the rest of the batch answered
+                if isinstance(e, ClipvisError):
+                    log.warning("task %s: %s", job.task.get("id"), e)
+                else:
+                    log.exception("task %s failed", job.task.get("id"))
                 errors.append(e)
                 answers.append([])
         if errors and len(errors) == len(jobs):

@@ -67,14 +67,15 @@ def start(request: Request, fetcher: MediaFetcher) -> Future:
             done.set_result(_outcome(request, path, tracks))
             return done
     pool = _executor()
+    ident = (fetcher.ls_url,) + request.ident  # relative URLs mean different files on other hosts
     with _lock:
-        running = _inflight.get(request.ident)
+        running = _inflight.get(ident)
         if running is not None:
             return running
         fut = pool.submit(_produce, request, fetcher)
-        _inflight[request.ident] = fut
+        _inflight[ident] = fut
     # Finished results live in the job store; dropping the future keeps memory flat.
-    fut.add_done_callback(lambda f: _forget(request.ident, f))
+    fut.add_done_callback(lambda f: _forget(ident, f))
     return fut
 
 
