@@ -18,7 +18,7 @@ from clipvis_core.weights import resolve_checkpoint
 
 from . import runner
 from .lsml import LabelStudioMLBase
-from .media import LabelStudioAuth, MediaFetcher
+from .media import LabelStudioAuth, MediaFetcher, MediaRefused
 from .push import LabelStudioClient
 from .settings import BackendSettings
 from .strategies import Target, plan, vocabulary_hash
@@ -82,6 +82,9 @@ class ClipvisBackend(LabelStudioMLBase):
         for (key, kind, prompts), targets in groups.items():
             req = runner.Request(data.get(key), kind, prompts, self.settings.checkpoint, self.options())
             try:
+                if not data.get(key):
+                    raise MediaRefused(f"task {task.get('id')} has no '{key}' field: the labeling config reads "
+                                       f"${key}; import tasks with that field (or change value=\"${key}\")")
                 fut = runner.start(req, self.fetcher)
             except ClipvisError as e:  # refused media: this task fails, the batch goes on
                 fut = Future()

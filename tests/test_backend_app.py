@@ -169,12 +169,14 @@ def test_unsupported_config_error_names_supported_tags(env):
     ("http://203.0.113.9/clip.mp4", "not allowed"),
     ("file:///etc/passwd", "file://"),
     ("/data/local-files/?d=../../etc/passwd", "refused"),
+    (None, "has no 'video' field"),
 ])
 def test_refused_media_urls(env, url, message):
     client = create_app(env.settings).test_client()
     _setup(client, env, VIDEO_CONFIG)
     before = len(env.server.requests)
-    r = _predict(client, [{"id": 9, "project": 1, "data": {"video": url}}], VIDEO_CONFIG)
+    data = {"video": url} if url else {"image": "/data/upload/1/still.png"}
+    r = _predict(client, [{"id": 9, "project": 1, "data": data}], VIDEO_CONFIG)
     assert r.status_code == 500 and message in r.get_json()["detail"]
     assert len(env.server.requests) == before
 
