@@ -6,16 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipvis_core.errors import InputError
-
-
-def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise InputError(f"{name}={raw!r} is not a number: set it to e.g. {default}") from None
+from clipvis_core.jobs.settings import env_float as _float
 
 
 @dataclass(frozen=True)

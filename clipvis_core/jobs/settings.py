@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-def _env_float(name: str, default: float) -> float:
+def env_float(name: str, default: float) -> float:
+    """A number from the environment; a malformed value is an InputError naming the variable."""
     raw = os.environ.get(name)
     if raw in (None, ""):
         return default
@@ -48,12 +49,12 @@ class JobSettings:
             cache_dir=cache_dir,
             redis_prefix=os.environ.get("CLIPVIS_REDIS_PREFIX") or "clipvis",
             default_queue=os.environ.get("CLIPVIS_QUEUE") or "clipvis",
-            visibility_timeout=_env_float("CLIPVIS_VISIBILITY_TIMEOUT", 4 * 3600.0),
-            lock_ttl=_env_float("CLIPVIS_LOCK_TTL", 60.0),
-            time_limit=_env_float("CLIPVIS_JOB_TIME_LIMIT", 3 * 3600.0),
-            max_download_mb=_env_float("CLIPVIS_MAX_DOWNLOAD_MB", 4096.0),
-            progress_interval=_env_float("CLIPVIS_PROGRESS_INTERVAL", 0.25),
-            retry_backoff=_env_float("CLIPVIS_RETRY_BACKOFF", 5.0),
+            visibility_timeout=env_float("CLIPVIS_VISIBILITY_TIMEOUT", 4 * 3600.0),
+            lock_ttl=env_float("CLIPVIS_LOCK_TTL", 60.0),
+            time_limit=env_float("CLIPVIS_JOB_TIME_LIMIT", 3 * 3600.0),
+            max_download_mb=env_float("CLIPVIS_MAX_DOWNLOAD_MB", 4096.0),
+            progress_interval=env_float("CLIPVIS_PROGRESS_INTERVAL", 0.25),
+            retry_backoff=env_float("CLIPVIS_RETRY_BACKOFF", 5.0),
         )
 
     @property
