@@ -95,7 +95,7 @@ def media(tmp_path_factory):
     bad = d / "corrupt.mp4"
     bad.write_bytes(os.urandom(20000))
     # long: progress is seen mid-job; long2: cancelled early; long3: its worker is killed early.
-    return {"short": make_video(d / "short.mp4", 8), "long": make_video(d / "long.mp4", 60, seed=1),
+    return {"short": make_video(d / "short.mp4", 8), "long": make_video(d / "long.mp4", 60, height=240, width=320, seed=1),
             "long2": make_video(d / "long2.mp4", 120, seed=2), "long3": make_video(d / "long3.mp4", 80, seed=3),
             "corrupt": bad}
 
@@ -133,16 +133,18 @@ def test_progress_is_observable_and_duplicates_execute_once(cluster, media, tiny
         t.start()
     for t in threads:
         t.join()
-    cli = subprocess.run([sys.executable, "-m", "clipvis_core", "submit", str(media["long"]), "--checkpoint",
-                          str(tiny_card), *sum((["--class", c] for c in VOCAB), []), "--min-size", "0"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert cli.returncode == 0, cli.stderr
-    ids = {h.id for h in handles} | {cli.stdout.strip()}
-    assert len(ids) == 1
+    # A fourth submission from another process while the job runs (started now: its imports take seconds).
+    cli = subprocess.Popen([sys.executable, "-m", "clipvis_core", "submit", str(media["long"]), "--checkpoint",
+                            str(tiny_card), *sum((["--class", c] for c in VOCAB), []), "--min-size", "0"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     handle = handles[0]
     running = wait_for(lambda: (s := handle.status()).state == "PROGRESS" and 0 < s.frames_done < s.frames_total and s,
                        120, "PROGRESS state")
     assert running.frames_total == 60 and running.fps > 0
+    out, err = cli.communicate(timeout=120)
+    assert cli.returncode == 0, err
+    ids = {h.id for h in handles} | {out.strip()}
+    assert len(ids) == 1
     handle.wait(timeout=180)
     assert count(workers, f"executing job key={handle.key}") == 1
     assert count(workers, f"executed job key={handle.key}") == 1
