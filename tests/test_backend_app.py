@@ -16,14 +16,7 @@ from backend.settings import BackendSettings
 from clipvis_core.jobs import JobSpec, lookup
 from clipvis_core.segmenter import SegmentOptions, get_segmenter, _segmenters
 
-VIDEO_CONFIG = """<View>
-  <Video name="video" value="$video" framerate="10"/>
-  <VideoRectangle name="box" toName="video"/>
-  <Labels name="videoLabels" toName="video">
-    <Label value="Vehicle" predicted_values="car, automobile"/>
-    <Label value="Ball"/>
-  </Labels>
-</View>"""
+from lsconfigs import VIDEO_CONFIG  # noqa: E402
 IMAGE_CONFIG = """<View>
   <Image name="image" value="$image"/>
   <BrushLabels name="brush" toName="image"><Label value="Ball" predicted_values="disc, circle"/><Label value="Box"/></BrushLabels>

@@ -15,14 +15,7 @@ from backend.media import LabelStudioAuth, MediaFetcher, MediaRefused
 from backend.strategies import ConfigError, plan, vocabulary_hash
 from clipvis_core.tracks import Track, VideoInfo, VideoTracks, encode_mask, rle_box
 
-VIDEO_CONFIG = """<View>
-  <Video name="video" value="$video" framerate="10"/>
-  <VideoRectangle name="box" toName="video"/>
-  <Labels name="videoLabels" toName="video">
-    <Label value="Vehicle" predicted_values="car, automobile"/>
-    <Label value="Ball"/>
-  </Labels>
-</View>"""
+from lsconfigs import VIDEO_CONFIG  # noqa: E402
 
 
 # -- brush RLE -------------------------------------------------------------------------------------
