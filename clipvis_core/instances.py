@@ -10,7 +10,7 @@ from pycocotools import mask as mask_utils
 from .preprocess import FrameGeometry
 from .scoring import MaskScore, Selection, frame_keep, masks_to_output_logits
 from .store import FrameStore
-from .tracks import Track
+from .tracks import Track, rle_box
 
 
 @dataclass
@@ -65,7 +65,7 @@ def build_tracks(store: FrameStore, sel: Selection, geom: FrameGeometry, out_hw:
         trace.scores = scores
     tracks = []
     for i in range(k):
-        boxes = [None if r["counts"] == empty["counts"] or _area(r) == 0 else _box(r) for r in rles[i]]
+        boxes = [None if r is empty else rle_box(r) for r in rles[i]]
         label = int(sel.labels[i])
         tracks.append(Track(id=0, label=labels[label], category_id=label, score=float(scores[i]),
                             masks=rles[i], boxes=boxes, frame_scores=frame_scores[i]))
@@ -73,15 +73,3 @@ def build_tracks(store: FrameStore, sel: Selection, geom: FrameGeometry, out_hw:
     for rank, tr in enumerate(tracks, start=1):
         tr.id = rank
     return tracks
-
-
-def _bytes(r: dict) -> dict:
-    return {"size": r["size"], "counts": r["counts"].encode("ascii")}
-
-
-def _area(r: dict) -> int:
-    return int(mask_utils.area(_bytes(r)))
-
-
-def _box(r: dict) -> list[float]:
-    return [float(v) for v in mask_utils.toBbox(_bytes(r))]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -101,7 +100,3 @@ def masks_to_output_logits(masks: torch.Tensor, padded_hw, image_hw, out_hw) -> 
     x = F.interpolate(masks[None], size=tuple(padded_hw), mode="bilinear", align_corners=False)
     x = x[:, :, : image_hw[0], : image_hw[1]]
     return F.interpolate(x, size=tuple(out_hw), mode="bilinear", align_corners=False)[0]
-
-
-def to_numpy(x: torch.Tensor) -> np.ndarray:
-    return x.detach().cpu().numpy()

@@ -25,31 +25,23 @@ def encode_mask(mask: np.ndarray) -> dict:
     return rle
 
 
+def _coco(rle: dict) -> dict:
+    """pycocotools wants ``counts`` as bytes; our JSON keeps them as str."""
+    counts = rle["counts"]
+    return {"size": rle["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
 def decode_mask(rle: dict) -> np.ndarray:
     from pycocotools import mask as mask_utils
 
-    r = dict(rle)
-    if isinstance(r["counts"], str):
-        r["counts"] = r["counts"].encode("ascii")
-    return mask_utils.decode(r).astype(bool)
-
-
-def rle_area(rle: dict) -> int:
-    from pycocotools import mask as mask_utils
-
-    r = dict(rle)
-    if isinstance(r["counts"], str):
-        r["counts"] = r["counts"].encode("ascii")
-    return int(mask_utils.area(r))
+    return mask_utils.decode(_coco(rle)).astype(bool)
 
 
 def rle_box(rle: dict) -> list[float] | None:
     """Tight [x, y, w, h] box in pixels, or None for an empty mask."""
     from pycocotools import mask as mask_utils
 
-    r = dict(rle)
-    if isinstance(r["counts"], str):
-        r["counts"] = r["counts"].encode("ascii")
+    r = _coco(rle)
     if int(mask_utils.area(r)) == 0:
         return None
     return [float(v) for v in mask_utils.toBbox(r)]

@@ -153,8 +153,6 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def detect_config(sd: dict[str, torch.Tensor]) -> ModelConfig:
     """Pick the released architecture whose keys and shapes match the state dict (CLIP keys optional)."""
     head = {k: tuple(v.shape) for k, v in sd.items() if k.startswith("sem_seg_head.")}
-    from .modeling.model import ClipVisModel  # noqa: F401  (import cost only when needed)
-
     for path in sorted(CONFIG_DIR.glob("*.json")):
         cfg = ModelConfig.from_json(path)
         if _head_shapes(cfg) == head:
