@@ -66,8 +66,8 @@ def select_instances(final: torch.Tensor, k: int) -> Selection:
     return Selection(idx, scores, torch.div(idx, c, rounding_mode="trunc"), idx % c)
 
 
-def frame_keep(sel: Selection, probs: torch.Tensor, obj_logits: torch.Tensor) -> torch.Tensor:
-    """[K] bool: whether each instance keeps its mask in this frame.
+def frame_keep(sel: Selection, probs: torch.Tensor, obj_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """([K] bool, [K] float): whether each instance keeps its mask in this frame, and its per-frame score.
 
     Per-frame score = sqrt(sigmoid(p) * softmax(obj)[object]); upstream applies the sigmoid to the
     softmax *probabilities* - kept for parity.

@@ -8,3 +8,9 @@ VIDEO_CONFIG = """<View>
     <Label value="Ball"/>
   </Labels>
 </View>"""
+IMAGE_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <BrushLabels name="brush" toName="image"><Label value="Ball" predicted_values="disc, circle"/><Label value="Box"/></BrushLabels>
+  <RectangleLabels name="rect" toName="image"><Label value="Ball" predicted_values="disc, circle"/><Label value="Box"/></RectangleLabels>
+  <PolygonLabels name="poly" toName="image"><Label value="Ball" predicted_values="disc, circle"/><Label value="Box"/></PolygonLabels>
+</View>"""

@@ -16,13 +16,7 @@ from backend.settings import BackendSettings
 from clipvis_core.jobs import JobSpec, lookup
 from clipvis_core.segmenter import SegmentOptions, get_segmenter, _segmenters
 
-from lsconfigs import VIDEO_CONFIG  # noqa: E402
-IMAGE_CONFIG = """<View>
-  <Image name="image" value="$image"/>
-  <BrushLabels name="brush" toName="image"><Label value="Ball" predicted_values="disc, circle"/><Label value="Box"/></BrushLabels>
-  <RectangleLabels name="rect" toName="image"><Label value="Ball" predicted_values="disc, circle"/><Label value="Box"/></RectangleLabels>
-  <PolygonLabels name="poly" toName="image"><Label value="Ball" predicted_values="disc, circle"/><Label value="Box"/></PolygonLabels>
-</View>"""
+from lsconfigs import IMAGE_CONFIG, VIDEO_CONFIG  # noqa: E402
 OPTIONS = dict(score_threshold=0.0, min_size=96, max_size=128)  # the tiny model at test resolution
 
 

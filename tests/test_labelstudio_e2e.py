@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 import requests
+from lsconfigs import IMAGE_CONFIG
 from videogen import make_video, shape_frames
 
 from backend.brush import mask_to_rle
@@ -258,12 +259,6 @@ def test_local_files_storage_media_is_fetched_with_the_token(label_studio, backe
     _check_prediction(pred, videos["b"], version)
 
 
-IMAGE_CONFIG = """<View>
-  <Image name="image" value="$image"/>
-  <BrushLabels name="brush" toName="image"><Label value="Ball" predicted_values="disc, circle"/><Label value="Box"/></BrushLabels>
-  <RectangleLabels name="rect" toName="image"><Label value="Ball" predicted_values="disc, circle"/><Label value="Box"/></RectangleLabels>
-  <PolygonLabels name="poly" toName="image"><Label value="Ball" predicted_values="disc, circle"/><Label value="Box"/></PolygonLabels>
-</View>"""
 
 
 def _sdk_errors(config: str, prediction: dict, tmp: Path) -> list[str]:

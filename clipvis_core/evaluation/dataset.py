@@ -184,9 +184,7 @@ def load_ground_truth(src: str | os.PathLike | dict) -> GroundTruth:
         where = f"ground truth annotation #{i}"
         if not isinstance(a, dict):
             raise InputError(f"{where}: must be an object")
-        for key in ("id", "video_id", "category_id", "segmentations"):
-            if key not in a:
-                raise InputError(f"{where}: missing '{key}'")
+        _require(a, ("id", "video_id", "category_id", "segmentations"), where)
         aid = _int(a["id"], where, "id")
         where = f"ground truth annotation #{i} (id {aid})"
         if aid in seen:
@@ -205,6 +203,12 @@ def load_ground_truth(src: str | os.PathLike | dict) -> GroundTruth:
             raise InputError(f"{where}: 'areas' must be a list with one entry per frame")
         tracks.append(GtTrack(aid, v.id, cid, bool(a.get("iscrowd", 0)), masks, list(areas)))
     return GroundTruth(videos, sorted(cats.values(), key=lambda c: c.id), tracks)
+
+
+def _require(obj: dict, keys: tuple[str, ...], where: str) -> None:
+    for key in keys:
+        if key not in obj:
+            raise InputError(f"{where}: missing '{key}'")
 
 
 def _mask_areas(masks: list[dict | None]) -> list[float | None]:
@@ -227,9 +231,7 @@ def load_results(src: str | os.PathLike | Sequence[dict], gt: GroundTruth) -> li
         where = f"result #{i}"
         if not isinstance(r, dict):
             raise InputError(f"{where}: must be an object")
-        for key in ("video_id", "category_id", "score", "segmentations"):
-            if key not in r:
-                raise InputError(f"{where}: missing '{key}'")
+        _require(r, ("video_id", "category_id", "score", "segmentations"), where)
         v = _video_of(gt.videos, _int(r["video_id"], where, "video_id"), where)
         cid = _int(r["category_id"], where, "category_id")
         if cid not in cat_ids:
