@@ -168,7 +168,7 @@ def test_iou_loss_from_recorded_targets(step):
         q = torch.cat([s for s, _ in idx])
         gt = torch.from_numpy(a[f"loss_masks/{layer}/gt_iou"])
         pos = gt > 0
-        got = (ious[b, q, 0][pos] - gt[pos]).abs().sum() / pos.sum() if pos.any() else torch.tensor(0.0)
+        got = ((ious[b, q, 0][pos] - gt[pos]).abs().sum() / pos.sum()).detach() if pos.any() else torch.tensor(0.0)
         ref = float(a[f"loss/unweighted/loss_iou{suffix}"])
         assert abs(float(got) - ref) <= 1e-5 + 1e-5 * abs(ref), (layer, float(got), ref)
 
