@@ -71,7 +71,7 @@ class Collator:
             x = torch.from_numpy(np.ascontiguousarray(s.frames)).permute(0, 3, 1, 2).float()
             x = (x - self.mean) / self.std
             images.append(F.pad(x, (0, w - fw, 0, h - fh)))  # zeros after normalisation, as ImageList
-            present = s.masks.reshape(s.masks.shape[0], t, -1).any(-1)  # [N, T]
+            present = s.masks.reshape(s.masks.shape[0], t, fh * fw).any(-1)  # [N, T]
             keep = present.any(1)
             masks = torch.from_numpy(np.ascontiguousarray(s.masks[keep])).float()
             masks = F.pad(masks, (0, w - fw, 0, h - fh))
