@@ -37,6 +37,9 @@ class SampleRecord:
     height: int
     width: int
     instances: list[InstanceRecord] = field(default_factory=list)
+    # True for video sources (YTVIS, FiftyOne video): frame sampling + the video augmentation;
+    # False for images (one frame, large-scale jitter), even when a video has a single frame.
+    video: bool = False
 
 
 @dataclass

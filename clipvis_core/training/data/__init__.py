@@ -1,0 +1,13 @@
+"""Training data: sources -> ``SampleRecord``s (cheap, picklable) -> ``decode`` -> ``Sample``.
+
+``open_source(spec, images_dir)`` reads COCO / YouTube-VIS / Label Studio export JSON,
+``fiftyone:DATASET[:FIELD][@VIEW]`` and ``labelstudio:PROJECT_ID``; ``TrainDataset`` decodes and
+augments lazily in data-loader workers.
+"""
+from .dataset import ClipLengthBatchSampler, TrainDataset, collate_samples
+from .decode import decode, select_frames
+from .sample import InstanceRecord, Sample, SampleRecord
+from .sources import open_source
+
+__all__ = ["ClipLengthBatchSampler", "InstanceRecord", "Sample", "SampleRecord", "TrainDataset", "collate_samples",
+           "decode", "open_source", "select_frames"]
