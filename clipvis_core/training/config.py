@@ -60,6 +60,9 @@ class AugmentConfig:
     sampling_frame_num: int = 1  # frames per training clip (upstream's video configs: 1)
     sampling_frame_range: int = 20
     sampling_frame_shuffle: bool = False
+    # Flip and crop position drawn once per clip (upstream's *_by_clip augmentations) instead of
+    # per frame (upstream's default: each frame flips on its own).
+    video_by_clip: bool = False
 
 
 @dataclass(frozen=True)
