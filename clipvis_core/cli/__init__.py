@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "checkpoints",
     "vocab",
     "evaluate",
+    "train",
     "jobs",
     "fiftyone_cmd",
     "labelstudio_cmd",

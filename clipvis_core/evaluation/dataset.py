@@ -248,6 +248,19 @@ def load_results(src: str | os.PathLike | Sequence[dict], gt: GroundTruth) -> li
     return dets
 
 
+def merge_categories(gt: GroundTruth, dets: list[Detection]) -> tuple[GroundTruth, list[Detection]]:
+    """Class-agnostic view: every GT track and detection in one category (id 1, "object").
+
+    Mask quality is then judged apart from the vocabulary: a detection matches any GT track of its
+    video, whatever either was labelled. Partitions are dropped (no base/novel split).
+    """
+    from dataclasses import replace
+
+    tracks = [replace(t, category_id=1) for t in gt.tracks]
+    merged = GroundTruth(dict(gt.videos), [Category(1, "object", None)], tracks)
+    return merged, [replace(d, category_id=1) for d in dets]
+
+
 def results_from_tracks(tracks, video_id: int, category_ids: Sequence[int] | None = None) -> list[dict]:
     """``clipvis_core.tracks.VideoTracks`` -> YTVIS result dicts for one GT video.
 

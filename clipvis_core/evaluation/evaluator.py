@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from .accumulate import STAT_NAMES, AreaPool, accumulate, per_category_ap, summarize
-from .dataset import Detection, GroundTruth, GtTrack, load_ground_truth, load_results
+from .dataset import Detection, GroundTruth, GtTrack, load_ground_truth, load_results, merge_categories
 from .iou import video_iou_matrix
 from .matching import match_pair, out_of_range
 from .protocol import Protocol, get_protocol
@@ -47,15 +47,19 @@ def evaluate(
     protocol: str | Protocol = "ytvis",
     *,
     keep_details: bool = False,
+    class_agnostic: bool = False,
 ) -> EvalReport:
     """Evaluate YTVIS-format results against YTVIS-format ground truth.
 
     ``protocol``: ``"ytvis"`` (YouTube-VIS ``YTVOSeval``) or ``"lvvis"`` (``LVVISeval``), or a
-    :class:`Protocol`. Raises :class:`clipvis_core.errors.InputError` for malformed input.
+    :class:`Protocol`. ``class_agnostic``: every category counted as one (mask quality apart
+    from the vocabulary; see :func:`merge_categories`). Raises :class:`clipvis_core.errors.InputError` for malformed input.
     """
     proto = get_protocol(protocol)
     gts = gt if isinstance(gt, GroundTruth) else load_ground_truth(gt)
     dets = load_results(results, gts)
+    if class_agnostic:
+        gts, dets = merge_categories(gts, dets)
     cat_index = {cid: k for k, cid in enumerate(gts.category_ids)}
     max_det = proto.max_dets[-1]
 

@@ -1,0 +1,80 @@
+"""`clipvis train`: fine-tune the class-agnostic mask generator on COCO / YTVIS / FiftyOne / Label Studio data.
+
+Only parses arguments and calls ``clipvis_core.training.loop.train``. Under ``torchrun`` every
+process runs this same command (DistributedDataParallel; ``--batch-size`` is the total).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="fine-tune the mask generator on your own annotated images and videos",
+        description="Train CLIP-VIS's class-agnostic mask generator (the CLIP backbone stays frozen) from masks "
+                    "alone; categories are optional. Leaves DIR/model_final.pth and DIR/model_card.json, "
+                    "usable as --checkpoint everywhere. Multi-GPU / multi-node: run it under torchrun.")
+    p.add_argument("--data", action="append", required=True, metavar="SOURCE",
+                   help="COCO or YouTube-VIS/LV-VIS JSON, fiftyone:DATASET[:FIELD][@VIEW], a Label Studio export "
+                        "JSON or labelstudio:PROJECT_ID; repeat to combine")
+    p.add_argument("--init", required=True, metavar="CHECKPOINT",
+                   help="weights to start from: a released name, a model card .json, a .pth or random:<config>")
+    p.add_argument("--output", "-o", required=True, type=Path, metavar="DIR", help="run directory (checkpoints, metrics)")
+    p.add_argument("--steps", type=int, metavar="N", help="optimizer steps (default: the config's max_iter)")
+    p.add_argument("--batch-size", type=int, metavar="B", help="samples per step, total over all processes")
+    p.add_argument("--lr", type=float, metavar="LR", help="base learning rate (default: the config's, upstream 1e-4)")
+    p.add_argument("--val", action="append", default=[], metavar="SOURCE",
+                   help="held-out data for periodic validation (class-agnostic AP; AP with its categories)")
+    p.add_argument("--config", type=Path, metavar="JSON", help="training config JSON (TrainConfig fields; see docs/training.md)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda when available")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    p.add_argument("--images", metavar="DIR", help="image root for annotation files whose paths are relative elsewhere")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=run)
+
+
+def build_request(args: argparse.Namespace):
+    from ..training.config import TrainConfig
+    from ..training.loop import TrainRequest, override
+
+    cfg = TrainConfig()
+    if args.config is not None:
+        if not args.config.is_file():
+            raise InputError(f"--config {args.config} not found: pass a training config JSON file")
+        try:
+            cfg = TrainConfig.from_json(args.config)
+        except (ValueError, TypeError) as e:
+            raise InputError(f"--config {args.config}: {str(e).splitlines()[0]}") from None
+    if args.steps is not None and args.steps < 1:
+        raise InputError(f"--steps {args.steps}: train for at least one step")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise InputError(f"--batch-size {args.batch_size}: use at least 1")
+    cfg = override(cfg, max_iter=args.steps, batch_size=args.batch_size, lr=args.lr)
+    output = args.output.expanduser()
+    if output.exists() and not output.is_dir():
+        raise InputError(f"--output {output} is a file: give a directory for the run")
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return TrainRequest(data=list(args.data), init=args.init, output=output, config=cfg, val=list(args.val),
+                        device=device, resume=args.resume, images_dir=args.images, quiet=args.quiet)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training.loop import train
+
+    result = train(build_request(args))
+    if not args.quiet:
+        from ..training.distributed import from_env
+
+        if from_env().is_main:
+            last = f"; last loss {result.losses[-1]:.4f}" if result.losses else ""
+            val = "".join(f"; {k} {100 * v:.1f}" for k, v in result.validation.items())
+            print(f"trained {result.steps} steps{last}{val} -> {result.card} (use it as --checkpoint)", file=sys.stderr)
+    return 0
