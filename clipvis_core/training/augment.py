@@ -34,11 +34,11 @@ def drop_crowd(record: SampleRecord) -> SampleRecord:
 def sample_frames(length: int, cfg: AugmentConfig, rng: np.random.Generator) -> list[int]:
     """Upstream's clip sampling: a reference frame, the others drawn with replacement from
     ``[ref - range, ref + range]`` without ``ref``, sorted unless ``sampling_frame_shuffle``.
-    A one-frame video gives a one-frame clip."""
+    A one-frame video repeats its frame (upstream fails there), so every clip has the same length."""
     ref = int(rng.integers(length))
     lo, hi = max(0, ref - cfg.sampling_frame_range), min(length, ref + cfg.sampling_frame_range + 1)
-    pool = [i for i in range(lo, hi) if i != ref]
-    others = rng.choice(pool, cfg.sampling_frame_num - 1).tolist() if pool and cfg.sampling_frame_num > 1 else []
+    pool = [i for i in range(lo, hi) if i != ref] or [ref]
+    others = rng.choice(pool, cfg.sampling_frame_num - 1).tolist() if cfg.sampling_frame_num > 1 else []
     picked = sorted([*others, ref])
     if cfg.sampling_frame_shuffle:
         rng.shuffle(picked)

@@ -4,10 +4,9 @@
 ``fiftyone:DATASET[:FIELD][@VIEW]`` and ``labelstudio:PROJECT_ID``; ``TrainDataset`` decodes and
 augments lazily in data-loader workers.
 """
-from .dataset import ClipLengthBatchSampler, TrainDataset, collate_samples
+from .dataset import TrainDataset
 from .decode import decode, select_frames
 from .sample import InstanceRecord, Sample, SampleRecord
 from .sources import open_source
 
-__all__ = ["ClipLengthBatchSampler", "InstanceRecord", "Sample", "SampleRecord", "TrainDataset", "collate_samples",
-           "decode", "open_source", "select_frames"]
+__all__ = ["InstanceRecord", "Sample", "SampleRecord", "TrainDataset", "decode", "open_source", "select_frames"]
