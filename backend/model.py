@@ -1,7 +1,7 @@
-"""The ``LabelStudioMLBase`` subclass: parse the labeling config, answer ``/predict`` in budget.
+"""One project's backend: parse its labeling config, answer ``/predict`` in budget.
 
-label-studio-ml re-creates this object on every ``/setup`` (3 s budget), so construction only
-parses the config; the network lives in the job layer / segmenter cache, built on first use.
+Built on every ``/setup`` (Label Studio gives it 3 s), so construction only parses the config;
+the network lives in the job layer / segmenter cache, built on first use.
 """
 from __future__ import annotations
 
@@ -13,15 +13,14 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clipvis_core.errors import ClipvisError, WeightsError
+from clipvis_core.errors import ClipvisError, InputError, WeightsError
 from clipvis_core.weights import resolve_checkpoint
 
 from . import runner
-from .lsml import LabelStudioMLBase
 from .media import LabelStudioAuth, MediaFetcher, MediaRefused
 from .push import LabelStudioClient
 from .settings import BackendSettings
-from .strategies import Target, plan, vocabulary_hash
+from .strategies import ConfigError, Target, plan, vocabulary_hash
 
 log = logging.getLogger("clipvis.labelstudio")
 
@@ -34,6 +33,44 @@ def checkpoint_name(checkpoint: str) -> str:
             raise WeightsError(f"checkpoint file {checkpoint} not found: check CLIPVIS_CHECKPOINT / --checkpoint")
         return Path(checkpoint).stem
     return resolve_checkpoint(checkpoint).name
+
+
+class ConfigTooLarge(ConfigError):
+    """A labeling config over the size or label-count limit (HTTP 413)."""
+
+
+def parse_label_config(config: str | None, settings: BackendSettings) -> dict:
+    """label-studio-tools' parsed config, after the size limits and with one-line errors."""
+    from label_studio_tools.core.label_config import parse_config
+
+    if not config:
+        return {}
+    if not isinstance(config, str):
+        raise ConfigError("the labeling config must be a string of XML")
+    size = len(config.encode())
+    if size > settings.max_config_bytes:
+        raise ConfigTooLarge(f"labeling config is {size // 1024} KB, over the {settings.max_config_bytes // 1024} KB "
+                             "limit: raise CLIPVIS_MAX_CONFIG_KB")
+    if "<!DOCTYPE" in config.upper() or "<!ENTITY" in config.upper():
+        raise ConfigError("labeling configs with a DOCTYPE or entities are refused: remove the <!DOCTYPE ...> part")
+    try:
+        parsed = parse_config(config)
+    except Exception as e:  # malformed XML, a control without toName, ...: the config is at fault
+        raise ConfigError(f"labeling config could not be parsed ({type(e).__name__}: {str(e)[:200]})") from None
+    labels = sum(len(info.get("labels") or ()) for info in parsed.values())
+    if labels > settings.max_labels:
+        raise ConfigTooLarge(f"labeling config has {labels} labels, over the limit of {settings.max_labels} "
+                             "(each is a text prompt): raise CLIPVIS_MAX_LABELS")
+    return parsed
+
+
+def task_error(task_id, e: BaseException) -> str:
+    """The one line a failed task reports; the traceback of an unexpected error goes to the log."""
+    if isinstance(e, ClipvisError):
+        log.warning("task %s: %s", task_id, e)
+        return str(e)
+    log.error("task %s failed", task_id, exc_info=e)
+    return f"internal error ({type(e).__name__}): see the backend log"
 
 
 @dataclass
@@ -50,17 +87,29 @@ class TaskJob:
         return all(f.done() for _, f in self.parts)
 
 
-class ClipvisBackend(LabelStudioMLBase):
-    def __init__(self, label_config=None, train_output=None, settings: BackendSettings | None = None, **kwargs):
-        super().__init__(label_config=label_config, train_output=train_output, **kwargs)
-        self.settings = settings or BackendSettings.from_env()
-        self.targets = plan(self.parsed_label_config, self.label_config)  # ConfigError names the supported tags
+class ClipvisBackend:
+    """``ls_url`` is the pinned Label Studio origin (media, pushes, token refresh); ``access_token``
+    the token Label Studio handed over at ``/setup`` (``LABEL_STUDIO_API_KEY`` wins)."""
+
+    def __init__(self, label_config: str | None, settings: BackendSettings, ls_url: str | None = None,
+                 access_token: str | None = None):
+        self.settings = settings
+        self.label_config = label_config
+        self.parsed_label_config = parse_label_config(label_config, settings)
+        try:
+            self.targets = plan(self.parsed_label_config, self.label_config)  # ConfigError names the supported tags
+        except ConfigError:
+            raise
+        except InputError as e:  # e.g. a blank synonym: still the config's fault (422)
+            raise ConfigError(f"labeling config: {e}") from None
         self.model_version = f"{checkpoint_name(self.settings.checkpoint)}-{vocabulary_hash(self.targets)}"
-        self.ls_url = (self.settings.ls_url or self.hostname or "").rstrip("/") or None
-        self.auth = LabelStudioAuth(self.ls_url, self.settings.api_key or self.access_token)
+        self.ls_url = (ls_url or "").rstrip("/") or None
+        self.access_token = access_token
+        self.auth = LabelStudioAuth(self.ls_url, self.settings.api_key or access_token)
         self.fetcher = MediaFetcher(self.ls_url, self.auth, allowed_hosts=self.settings.allowed_hosts,
                                     document_root=self.settings.document_root,
-                                    max_bytes=self.settings.max_media_bytes, cache_dir=self.settings.cache_dir)
+                                    max_bytes=self.settings.max_media_bytes,
+                                    max_seconds=self.settings.max_media_seconds, cache_dir=self.settings.cache_dir)
 
     # -- requests ---------------------------------------------------------------------------------
     def options(self) -> tuple[tuple[str, object], ...]:
@@ -73,20 +122,27 @@ class ClipvisBackend(LabelStudioMLBase):
         return tuple(sorted(opts.items()))
 
     def start(self, task: dict) -> TaskJob:
-        """Start (or join) the jobs a task needs: one per media field and vocabulary."""
+        """Start (or join) the jobs a task needs: one per media field and vocabulary. Whatever goes
+        wrong with one task (bad URL, bad data) becomes that task's failed future."""
         groups: dict[tuple, list[Target]] = defaultdict(list)
         for t in self.targets:
             groups[(t.data_key, t.kind, t.prompts)].append(t)
+        task = task if isinstance(task, dict) else {"id": None, "data": task}
+        data = task.get("data")
         parts = []
-        data = task.get("data") or {}
         for (key, kind, prompts), targets in groups.items():
-            req = runner.Request(data.get(key), kind, prompts, self.settings.checkpoint, self.options())
             try:
-                if not data.get(key):
+                if not isinstance(data, dict):
+                    raise InputError(f"task {task.get('id')} has no 'data' object")
+                value = data.get(key)
+                if not value:
                     raise MediaRefused(f"task {task.get('id')} has no '{key}' field: the labeling config reads "
                                        f"${key}; import tasks with that field (or change value=\"${key}\")")
-                fut = runner.start(req, self.fetcher)
-            except ClipvisError as e:  # refused media: this task fails, the batch goes on
+                if not isinstance(value, str):
+                    raise MediaRefused(f"task {task.get('id')}: '{key}' must be a media URL (a string)")
+                fut = runner.start(runner.Request(value, kind, prompts, self.settings.checkpoint, self.options()),
+                                   self.fetcher)
+            except Exception as e:  # this task fails, the batch goes on
                 fut = Future()
                 fut.set_exception(e)
             parts.append((targets, fut))
@@ -98,13 +154,15 @@ class ClipvisBackend(LabelStudioMLBase):
         for targets, fut in job.parts:
             outcome: runner.Outcome = fut.result()
             for t in targets:
-                result.extend(t.regions(outcome.tracks, outcome.frames_count, job.task.get("data")))
+                result.extend(t.regions(outcome.tracks, outcome.frames_count, job.task.get("data"),
+                                        self.settings.keyframe_tolerance))
         scores = [r["score"] for r in result]
         return {"result": result, "score": sum(scores) / len(scores) if scores else 0.0,
                 "model_version": self.model_version}
 
     # -- /predict ---------------------------------------------------------------------------------
-    def predict(self, tasks, **kwargs):
+    def predict(self, tasks: list) -> tuple[list, list[dict]]:
+        """One answer per task (``[]`` when late or failed) and ``{"task", "detail"}`` per failure."""
         deadline = time.monotonic() + self.settings.predict_budget_s
         jobs = [self.start(task) for task in tasks]
         wait([f for j in jobs for _, f in j.parts], timeout=max(0.0, deadline - time.monotonic()))
@@ -120,15 +178,9 @@ class ClipvisBackend(LabelStudioMLBase):
             try:
                 answers.append(self.prediction(job))
             except Exception as e:  # one failed task leaves the rest of the batch answered
-                if isinstance(e, ClipvisError):
-                    log.warning("task %s: %s", job.task.get("id"), e)
-                else:
-                    log.exception("task %s failed", job.task.get("id"))
-                errors.append(e)
+                errors.append({"task": job.task.get("id"), "detail": task_error(job.task.get("id"), e)})
                 answers.append([])
-        if errors and len(errors) == len(jobs):
-            raise errors[0]  # nothing succeeded: the message is the answer (e.g. a refused URL)
-        return answers
+        return answers, errors
 
     def enqueue(self, tasks) -> int:
         """Start jobs for ``tasks`` and push each prediction when it finishes (webhooks)."""

@@ -35,8 +35,7 @@ def _has_version(client: LabelStudioClient, task: dict, version: str) -> bool:
 def prelabel(project_id: int, settings: BackendSettings, force: bool = False, progress: bool = True) -> PrelabelReport:
     client = LabelStudioClient(settings.ls_url, settings.api_key)
     project = client.project(project_id)
-    model = ClipvisBackend(label_config=project.get("label_config"), hostname=client.url,
-                           access_token=settings.api_key, settings=settings)
+    model = ClipvisBackend(project.get("label_config"), settings, ls_url=client.url, access_token=settings.api_key)
     report = PrelabelReport()
     jobs: list[TaskJob] = []
     for task in client.tasks(project_id):

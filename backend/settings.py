@@ -22,6 +22,13 @@ class BackendSettings:
     # Local files (Label Studio local storage) are read directly only under this root.
     document_root: Path | None = None
     max_media_bytes: int = 2 << 30
+    max_media_seconds: float = 600.0  # one download, start to end
+    # HTTP basic auth on every endpoint but /health (the names Label Studio's ML backends use).
+    basic_auth_user: str | None = None
+    basic_auth_pass: str | None = None
+    # Labeling configs above these are refused (413): each label is a prompt the text encoder runs.
+    max_config_bytes: int = 1 << 20
+    max_labels: int = 2000
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "clipvis" / "labelstudio")
     score_threshold: float = 0.3
     frame_stride: int = 1
@@ -45,6 +52,11 @@ class BackendSettings:
             allowed_hosts=tuple(h.strip().rstrip("/") for h in env.get("CLIPVIS_ALLOWED_MEDIA_HOSTS", "").split(",") if h.strip()),
             document_root=Path(root).resolve() if root else None,
             max_media_bytes=int(_float("CLIPVIS_MAX_MEDIA_MB", 2048) * (1 << 20)),
+            max_media_seconds=_float("CLIPVIS_MEDIA_TIMEOUT", 600.0),
+            basic_auth_user=env.get("BASIC_AUTH_USER") or None,
+            basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
+            max_config_bytes=int(_float("CLIPVIS_MAX_CONFIG_KB", 1024) * 1024),
+            max_labels=int(_float("CLIPVIS_MAX_LABELS", 2000)),
             cache_dir=Path(env["CLIPVIS_CACHE_DIR"]) / "labelstudio" if env.get("CLIPVIS_CACHE_DIR") else cls.__dataclass_fields__["cache_dir"].default_factory(),
             score_threshold=_float("CLIPVIS_SCORE_THRESHOLD", 0.3),
             frame_stride=int(_float("CLIPVIS_FRAME_STRIDE", 1)),
@@ -54,4 +66,10 @@ class BackendSettings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["predict_budget_s"] >= 95:
             raise InputError("CLIPVIS_PREDICT_BUDGET must stay well under Label Studio's 100 s /predict timeout (e.g. 60)")
+        if bool(values["basic_auth_user"]) != bool(values["basic_auth_pass"]):
+            raise InputError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS (or neither)")
         return cls(**values)
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.basic_auth_user and self.basic_auth_pass)

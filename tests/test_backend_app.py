@@ -1,5 +1,6 @@
-"""The ML backend through label-studio-ml's Flask app (test client): /health, /setup, /predict with
-the fixture's tiny checkpoint on generated videos and images served over real HTTP."""
+"""The ML backend's Flask app (test client; tests/test_backend_security.py runs it under gunicorn):
+/health, /setup, /predict with the fixture's tiny checkpoint on generated videos and images
+served over real HTTP."""
 from __future__ import annotations
 
 import dataclasses
@@ -61,12 +62,9 @@ def test_health_and_setup_are_cheap(env):
 
 
 def test_predict_before_setup_is_an_error(env):
-    from label_studio_ml import api
-
-    create_app(env.settings)
-    api._manager.__class__._current_model = None
-    r = api._server.test_client().post("/predict", json={"tasks": [{"id": 1, "data": {}}], "label_config": VIDEO_CONFIG})
-    assert r.status_code == 500 and "setup" in r.get_json()["detail"]
+    client = create_app(env.settings).test_client()
+    r = client.post("/predict", json={"tasks": [{"id": 1, "data": {}}], "project": "1.2", "label_config": VIDEO_CONFIG})
+    assert r.status_code == 409 and "not set up" in r.get_json()["detail"]
 
 
 def test_video_task_gets_one_videorectangle_per_track(env):
@@ -147,7 +145,7 @@ def test_image_task_gets_masks_boxes_and_polygons(env):
 def test_unsupported_config_error_names_supported_tags(env):
     client = create_app(env.settings).test_client()
     r = _setup(client, env, '<View><Text name="t" value="$text"/><Choices name="c" toName="t"><Choice value="a"/></Choices></View>')
-    assert r.status_code == 500
+    assert r.status_code == 422
     detail = r.get_json()["detail"]
     assert "not supported" in detail and "<VideoRectangle>" in detail and "<BrushLabels>" in detail
 
@@ -164,7 +162,9 @@ def test_refused_media_urls(env, url, message):
     before = len(env.server.requests)
     data = {"video": url} if url else {"image": "/data/upload/1/still.png"}
     r = _predict(client, [{"id": 9, "project": 1, "data": data}], VIDEO_CONFIG)
-    assert r.status_code == 500 and message in r.get_json()["detail"]
+    assert r.status_code == 200 and r.get_json()["results"] == [[]]  # the task fails, not the request
+    (error,) = r.get_json()["errors"]
+    assert error["task"] == 9 and message in error["detail"]
     assert len(env.server.requests) == before
 
 
@@ -200,19 +200,19 @@ def test_webhooks_queue_new_tasks_and_ignore_training_events(env):
     _setup(client, env, VIDEO_CONFIG)
     r = client.post("/webhook", json={"action": "ANNOTATION_CREATED", "annotation": {"id": 1}, "project": {"id": 1}})
     assert r.status_code == 201 and r.get_json()["status"] == "ignored"
-    assert not multiprocessing.active_children()  # label-studio-ml would have spawned a fit() process
+    assert not multiprocessing.active_children()  # no training process per event
     r = client.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": 1, "label_config": VIDEO_CONFIG},
                                       "tasks": [{"id": 11, "project": 1, "data": {"video": "/data/upload/1/clip.mp4"}}]})
     assert r.status_code == 201 and r.get_json() == {"event": "TASKS_CREATED", "status": "queued", "tasks": 1}
-    r = client.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": 2, "label_config": "<View></View>"},
+    r = client.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": 1, "label_config": "<View></View>"},
                                       "tasks": [{"id": 12, "data": {}}]})
-    assert r.get_json()["status"] == "error" and "not supported" in r.get_json()["error"]
+    assert r.status_code == 422 and "not supported" in r.get_json()["detail"]
 
 
 def test_blank_synonym_is_refused_at_setup(env):
     client = create_app(env.settings).test_client()
     r = _setup(client, env, VIDEO_CONFIG.replace("car, automobile", "car,,automobile"))
-    assert r.status_code == 500 and "non-empty" in r.get_json()["detail"]
+    assert r.status_code == 422 and "non-empty" in r.get_json()["detail"]
 
 
 def test_missing_checkpoint_is_reported_at_setup(env, tmp_path):

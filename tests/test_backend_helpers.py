@@ -3,13 +3,21 @@ checks auth headers like Label Studio does, and a reference decoder of LS brush 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
+import requests
 
 LEGACY_TOKEN = "legacy-token-123456"
 # A syntactically JWT-shaped refresh token, as Label Studio's personal access tokens are.
@@ -19,7 +27,8 @@ ACCESS = "access-abc"
 
 class MediaServer:
     """Serves files under ``root`` at /data/upload/<name>, /data/local-files/?d=<rel> and /open/<name>
-    (no auth); /redirect?to=URL answers 302. Records every request's Authorization header."""
+    (no auth); /redirect?to=URL answers 302; /drip sends a few bytes per second, /short closes the
+    stream early. Records every request (GET or POST) with its Authorization header."""
 
     def __init__(self, root: Path):
         self.root = root
@@ -39,6 +48,7 @@ class MediaServer:
                 self.wfile.write(body)
 
             def do_POST(self):
+                outer.requests.append((self.path, self.headers.get("Authorization")))
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 if self.path == "/api/token/refresh" and body.get("refresh") == PAT:
                     return self._send(200, json.dumps({"access": ACCESS}).encode(), {"Content-Type": "application/json"})
@@ -52,6 +62,8 @@ class MediaServer:
                     return self._send(302, headers={"Location": parse_qs(url.query)["to"][0]})
                 if url.path.startswith("/open/"):
                     return self._file(url.path[len("/open/"):])
+                if url.path in ("/drip", "/short"):
+                    return self._partial(drip=url.path == "/drip")
                 if auth not in (f"Token {LEGACY_TOKEN}", f"Bearer {ACCESS}"):
                     return self._send(401, b"auth required")
                 if url.path.startswith("/data/upload/"):
@@ -59,6 +71,20 @@ class MediaServer:
                 if url.path.rstrip("/") == "/data/local-files":
                     return self._file(parse_qs(url.query)["d"][0])
                 self._send(404)
+
+            def _partial(self, drip):
+                self.send_response(200)
+                self.send_header("Content-Length", str(1 << 20))
+                self.end_headers()
+                try:
+                    for _ in range(100 if drip else 1):
+                        self.wfile.write(b"x" * 100)
+                        self.wfile.flush()
+                        if drip:
+                            time.sleep(0.3)
+                except OSError:
+                    pass  # the client gave up: what a drip is for
+                self.close_connection = True
 
             def _file(self, rel):
                 p = outer.root / rel
@@ -126,3 +152,53 @@ def decode_ls_rle(data: list[int]) -> np.ndarray:
                 out[i + k] = read(word)
         i += n
     return out
+
+
+# -- the backend as in production: `clipvis labelstudio serve` (gunicorn) on loopback ----------------
+ROOT = Path(__file__).resolve().parents[1]
+USER, PASSWORD = "clipvis-ls", "s3cret-pass"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{url} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{url} did not answer within {timeout:.0f}s:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)  # the process group we started (start_new_session)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@contextmanager
+def served_backend(env: dict, log: Path, *args: str):
+    """``clipvis labelstudio serve`` on a free loopback port; yields its base URL."""
+    port = free_port()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "clipvis_core", "labelstudio", "serve", "--port", str(port),
+                                 *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc, log, timeout=90)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)

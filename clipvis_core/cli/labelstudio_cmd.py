@@ -20,7 +20,8 @@ def _serve(args) -> int:
     from backend.model import checkpoint_name
 
     checkpoint_name(settings.checkpoint)  # a missing checkpoint fails now, not at the first /setup
-    serve(settings, host=args.host, port=args.port, threads=args.threads)
+    serve(settings, host=args.host, port=args.port, threads=args.threads,
+          allow_unauthenticated=args.allow_unauthenticated)
     return 0
 
 
@@ -53,6 +54,8 @@ def register(subparsers) -> None:
     s.add_argument("--budget", type=float, help="seconds /predict waits for a job (default 60, < 100)")
     s.add_argument("--allow-host", action="append", metavar="ORIGIN",
                    help="extra origin task media may come from (repeatable)")
+    s.add_argument("--allow-unauthenticated", action="store_true",
+                   help="serve beyond loopback without BASIC_AUTH_USER/BASIC_AUTH_PASS (trusted networks only)")
     _common(s)
     s.set_defaults(func=_serve)
 

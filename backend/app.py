@@ -1,0 +1,123 @@
+"""The HTTP API Label Studio calls, on Flask 3: ``/health``, ``/setup``, ``/predict``, ``/webhook``.
+
+Every route but ``/health`` (and ``/``) needs HTTP basic auth when ``BASIC_AUTH_USER`` /
+``BASIC_AUTH_PASS`` are set. Errors are JSON ``{"detail": "<one line>"}`` with a status that
+says whose fault it is (400 body, 401 credentials, 403 pinned host, 409 not set up, 413 too big,
+422 unsupported config, 500 ours); tracebacks go to the server log only.
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from clipvis_core.errors import ClipvisError, InputError
+
+from .model import ConfigTooLarge
+from .projects import HostRefused, NotSetUp, Projects
+from .settings import BackendSettings
+from .strategies import ConfigError
+
+log = logging.getLogger("clipvis.labelstudio")
+
+OPEN_PATHS = ("/health", "/")
+MAX_BODY_BYTES = 64 << 20  # /predict batches carry task data, not media
+STATUS = ((ConfigTooLarge, 413), (ConfigError, 422), (HostRefused, 403), (NotSetUp, 409), (InputError, 400))
+
+
+def _error(status: int, detail: str, headers: dict | None = None):
+    response = jsonify({"detail": detail})
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+def _body() -> dict:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise InputError("the request body must be a JSON object (Content-Type: application/json)")
+    return data
+
+
+def _authorized(settings: BackendSettings) -> bool:
+    auth = request.authorization
+    if auth is None or auth.type != "basic":
+        return False
+    # Both compared in constant time, and both always compared: no early exit to time.
+    user_ok = hmac.compare_digest((auth.username or "").encode(), settings.basic_auth_user.encode())
+    pass_ok = hmac.compare_digest((auth.password or "").encode(), settings.basic_auth_pass.encode())
+    return user_ok & pass_ok
+
+
+def create_app(settings: BackendSettings | None = None) -> Flask:
+    settings = settings or BackendSettings.from_env()
+    projects = Projects(settings)
+    app = Flask("clipvis.labelstudio")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+
+    @app.before_request
+    def check_credentials():
+        if settings.auth_enabled and request.path not in OPEN_PATHS and not _authorized(settings):
+            return _error(401, "missing or wrong credentials: set the backend's BASIC_AUTH_USER / BASIC_AUTH_PASS "
+                               "in Label Studio's model settings (Authentication method: Basic Auth)",
+                          {"WWW-Authenticate": 'Basic realm="clipvis"'})
+        return None
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException):
+        return _error(e.code or 500, e.description or e.name)
+
+    @app.errorhandler(Exception)
+    def any_error(e: Exception):
+        for cls, status in STATUS:
+            if isinstance(e, cls):
+                return _error(status, str(e))
+        if isinstance(e, ClipvisError):  # ours, e.g. a missing checkpoint: the message says the fix
+            log.error("%s %s: %s", request.method, request.path, e)
+            return _error(500, str(e))
+        log.exception("%s %s failed", request.method, request.path)
+        return _error(500, f"internal error ({type(e).__name__}): see the backend log")
+
+    @app.get("/")
+    @app.get("/health")
+    def health():
+        return jsonify({"status": "UP", "model_class": "ClipvisBackend"})
+
+    @app.post("/setup")
+    def setup():
+        data = _body()
+        model = projects.setup(data.get("project"), data.get("schema"), data.get("hostname"),
+                               data.get("access_token"))
+        return jsonify({"model_version": model.model_version})
+
+    @app.post("/predict")
+    def predict():
+        data = _body()
+        tasks = data.get("tasks")
+        if not isinstance(tasks, list):
+            raise InputError("'tasks' must be a list of Label Studio tasks")
+        model = projects.model(data.get("project"), data.get("label_config"))
+        results, errors = model.predict(tasks)
+        return jsonify({"results": results, "model_version": model.model_version, "errors": errors})
+
+    @app.post("/webhook")
+    def webhook():
+        data = _body()
+        event = data.get("action")
+        if event != "TASKS_CREATED":
+            return jsonify({"event": event, "status": "ignored"}), 201  # pre-annotation only: nothing to train
+        project = data.get("project") if isinstance(data.get("project"), dict) else {}
+        tasks = data.get("tasks") or []
+        if not isinstance(tasks, list):
+            raise InputError("'tasks' must be a list of Label Studio tasks")
+        model = projects.model(project, project.get("label_config"))
+        queued = model.enqueue([t for t in tasks if isinstance(t, dict) and "id" in t])
+        return jsonify({"event": event, "status": "queued", "tasks": queued}), 201
+
+    @app.route("/versions", methods=["GET", "POST"])
+    def versions():
+        return jsonify({"versions": projects.versions()})
+
+    return app
