@@ -98,6 +98,13 @@ def resolve_checkpoint(spec: str) -> ResolvedCheckpoint:
     spec = str(spec).strip()
     if not spec:
         raise WeightsError("no checkpoint given: pass --checkpoint NAME|CARD.json|FILE.pth (see `clipvis checkpoints`)")
+    if spec.startswith("line:"):
+        # A model line (clipvis_core.versions): its promoted version, or NAME@vN for a given one.
+        from .versions import resolve_line
+
+        version, checkpoint = resolve_line(spec[5:])
+        inner = resolve_checkpoint(checkpoint)
+        return ResolvedCheckpoint(version, inner.config, inner.path, inner.clip_weights)
     if spec.startswith("random:"):
         what = spec.split(":", 1)[1]
         cfg = ModelConfig.from_dict(TINY_RANDOM) if what == "tiny" else _config_or_error(what)
@@ -128,7 +135,7 @@ def resolve_checkpoint(spec: str) -> ResolvedCheckpoint:
             raise WeightsError(f"checkpoint file {p} not found: check the path")
         return ResolvedCheckpoint(p.stem, detect_config(read_state_dict(p)), p)
     known = ", ".join(RELEASED)
-    raise WeightsError(f"unknown checkpoint '{spec}': use one of {known}, a model card .json, a .pth file or random:<config>")
+    raise WeightsError(f"unknown checkpoint '{spec}': use one of {known}, a model card .json, a .pth file, line:<model line> or random:<config>")
 
 
 def _config_or_error(name: str) -> ModelConfig:

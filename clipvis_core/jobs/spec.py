@@ -22,7 +22,13 @@ KEY_LENGTH = 32  # hex chars (128 bits)
 
 
 def checkpoint_identity(checkpoint: str) -> str:
-    """A registered name stands for itself; a card / .pth file for the hash of its bytes."""
+    """A registered name stands for itself; a card / .pth file for the hash of its bytes; a model line
+    for its promoted version (so a promotion changes every job key)."""
+    if checkpoint.startswith("line:"):
+        from ..versions import resolve_line
+
+        version, inner = resolve_line(checkpoint[5:])
+        return f"line:{version}:{checkpoint_identity(inner)}"
     path = Path(checkpoint).expanduser()
     if not path.is_file():
         return f"name:{checkpoint}"

@@ -93,7 +93,14 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "TrainConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        from ..errors import InputError
+
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except OSError as e:
+            raise InputError(f"cannot read training config {path}: {e.strerror}") from None
+        except (ValueError, TypeError) as e:  # bad JSON, unknown keys, wrong types
+            raise InputError(f"training config {path}: {str(e).splitlines()[0]} - fix the file") from None
 
     @classmethod
     def from_detectron2_yaml(cls, path: str | Path) -> "TrainConfig":
