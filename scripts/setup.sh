@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-command set-up: system packages, the .venv (clipvis + FiftyOne + label-studio-ml + dev),
+# One-command set-up: system packages, the .venv (clipvis + FiftyOne + Flask backend + dev),
 # a separate .venv-ls with the Label Studio server (its pins clash with ours), Redis if absent,
 # then a first segmentation run on a generated clip.
 set -euo pipefail
@@ -25,6 +25,8 @@ fi
 log "python environment .venv (torch 2.14.1 / torchvision 0.29.1 pinned)"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q -U pip
+# An older .venv may hold label-studio-ml 1.0.9 (it pins Flask 1.1.2): the backend no longer uses it.
+.venv/bin/pip uninstall -q -y label-studio-ml 2>/dev/null || true
 .venv/bin/pip install -q -e ".[all]"
 
 log "Label Studio server environment .venv-ls"
