@@ -1,8 +1,10 @@
 """End to end with a real Label Studio (its own virtualenv, on 127.0.0.1) and the backend served
-by `clipvis labelstudio serve` (gunicorn): prelabel, "retrieve predictions", deferred pushes,
-task-creation webhooks and 20 concurrent /predict calls."""
+by `clipvis labelstudio serve` (gunicorn) behind basic auth, connected through Label Studio's own
+ML-backend settings: prelabel, "retrieve predictions", deferred pushes, task-creation webhooks and
+20 concurrent /predict calls."""
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -38,6 +40,7 @@ CONFIG = """<View>
   </Labels>
 </View>"""
 LABELS = {"Vehicle", "Ball"}
+BASIC = ("clipvis-e2e", "e2e-backend-pass")  # BASIC_AUTH_USER / BASIC_AUTH_PASS of the backend
 
 
 def _free_port() -> int:
@@ -126,7 +129,8 @@ def videos(tmp_path_factory):
 def backend_env(tiny_card, tmp_path_factory):
     cache = tmp_path_factory.mktemp("clipvis-cache")
     env = dict(os.environ, CLIPVIS_CHECKPOINT=str(tiny_card), CLIPVIS_CACHE_DIR=str(cache), CLIPVIS_SCORE_THRESHOLD="0",
-               CLIPVIS_MIN_SIZE="96", CLIPVIS_MAX_SIZE="128", PYTHONPATH=str(ROOT))
+               CLIPVIS_MIN_SIZE="96", CLIPVIS_MAX_SIZE="128", PYTHONPATH=str(ROOT),
+               BASIC_AUTH_USER=BASIC[0], BASIC_AUTH_PASS=BASIC[1])
     env.pop("CLIPVIS_BROKER_URL", None)
     return env
 
@@ -175,8 +179,22 @@ def _check_prediction(pred: dict, video: Path, version: str) -> None:
 
 
 def _connect(ls: LS, project: int, backend: str) -> str:
-    ml = ls.api("POST", "/api/ml", json={"project": project, "url": backend, "title": "clipvis"})
+    """Project > Settings > Model > Connect Model with "Basic Auth", as a user does it; then the
+    backend's webhook gets the same credentials as a header (Label Studio creates it without)."""
+    # Without credentials Label Studio cannot set the backend up.
+    bare = requests.post(ls.url + "/api/ml", headers={"Authorization": f"Token {TOKEN}"}, timeout=60,
+                         json={"project": project, "url": backend, "title": "no auth"})
+    assert bare.status_code >= 400 or bare.json()["state"] != "CO", bare.text[:300]
+    if bare.status_code < 400:
+        ls.api("DELETE", f"/api/ml/{bare.json()['id']}")
+    ml = ls.api("POST", "/api/ml", json={"project": project, "url": backend, "title": "clipvis",
+                                         "auth_method": "BASIC_AUTH", "basic_auth_user": BASIC[0],
+                                         "basic_auth_pass": BASIC[1]})
     assert ml["state"] == "CO", ml
+    basic = base64.b64encode(":".join(BASIC).encode()).decode()
+    for hook in ls.api("GET", "/api/webhooks/", params={"project": project}):
+        if hook["url"].rstrip("/") == backend + "/webhook":
+            ls.api("PATCH", f"/api/webhooks/{hook['id']}/", json={"headers": {"Authorization": f"Basic {basic}"}})
     return ml["model_version"]
 
 
@@ -304,7 +322,7 @@ def test_twenty_concurrent_predict_calls(label_studio, backend, videos, tmp_path
     def call(i):
         task = {"id": tasks[i % 4]["id"], "project": project, "data": tasks[i % 4]["data"]}
         return requests.post(backend + "/predict", json={"tasks": [task], "project": f"{project}.0",
-                                                         "label_config": CONFIG}, timeout=100)
+                                                         "label_config": CONFIG}, timeout=100, auth=BASIC)
 
     with ThreadPoolExecutor(20) as pool:
         answers = list(pool.map(call, range(20)))
