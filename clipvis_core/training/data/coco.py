@@ -48,6 +48,8 @@ def load_coco(data: dict, json_path: Path, images_dir: str | Path | None = None)
         if "image_id" not in ann or "segmentation" not in ann:
             raise InputError(f"{where}: needs 'image_id' and 'segmentation' (instance masks; boxes alone cannot train masks)")
         _check_seg(ann["segmentation"], where)
+        if not ann["segmentation"]:
+            continue  # a box-only annotation: no mask to learn from
         by_image.setdefault(ann["image_id"], []).append(ann)
     records = []
     for img in data.get("images") or []:

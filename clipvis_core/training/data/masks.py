@@ -35,6 +35,9 @@ def rasterize(seg, height: int, width: int, where: str) -> np.ndarray:
                              f"size {width}x{height}: fix the annotation's size or the image's height/width")
         rle = seg
         if isinstance(seg["counts"], list):  # uncompressed RLE
+            if sum(seg["counts"]) != height * width:
+                raise InputError(f"{where}: uncompressed RLE counts add up to {sum(seg['counts'])} pixels, "
+                                 f"not {height}x{width}: the annotation is corrupt")
             rle = mask_utils.frPyObjects(seg, height, width)
         elif isinstance(seg["counts"], str):
             rle = {"size": [height, width], "counts": seg["counts"].encode("ascii")}
