@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -29,6 +30,21 @@ LAST = "last_checkpoint"
 
 class CheckpointError(ClipvisError):
     """A checkpoint could not be written (disk full, permissions); the previous one is intact."""
+
+
+def upstream_state_dict(model: torch.nn.Module, empty_object_weight) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` plus upstream's criterion buffer: exactly the keys of a detectron2
+    CLIP-VIS checkpoint (the released files and the full-size manifests carry it)."""
+    sd = dict(model.state_dict())
+    sd["criterion.empty_object_weight"] = torch.tensor([float(w) for w in empty_object_weight])
+    return sd
+
+
+def model_state(saved: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A saved state dict without training-only entries, for ``model.load_state_dict(strict=True)``."""
+    from ..weights import TRAINING_ONLY_PREFIXES
+
+    return {k: v for k, v in saved.items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
 
 
 def periodic_name(steps_done: int) -> str:
@@ -61,12 +77,20 @@ def write_atomic(path: Path, write: Callable[[Any], None], keep_hint: str = "") 
     except OSError as e:
         why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
         raise CheckpointError(f"cannot write {path}: {why}; free space or choose another --output{keep_hint}") from None
-    except RuntimeError as e:  # torch.save reports a failed write as RuntimeError ("file write failed")
-        raise CheckpointError(f"cannot write {path}: {str(e).splitlines()[0]}; free space or choose another --output{keep_hint}") from None
+    except RuntimeError as e:  # torch.save reports a failed write as a RuntimeError from its zip writer
+        why = "the disk is full" if _nearly_full(path.parent) else str(e).splitlines()[0]
+        raise CheckpointError(f"cannot write {path}: {why}; free space or choose another --output{keep_hint}") from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _nearly_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < (64 << 20)
+    except OSError:
+        return False
 
 
 def _keep_hint(out_dir: Path) -> str:

@@ -118,13 +118,6 @@ def _shared_records(specs, images_dir, what, info):
     return result[1]
 
 
-def _load_model(req: TrainRequest, device):
-    from ..weights import load_model, resolve_checkpoint
-
-    resolved = resolve_checkpoint(req.init)
-    return resolved, load_model(resolved, device)
-
-
 def _resume_state(req: TrainRequest, resolved) -> tuple[dict | None, Path | None]:
     out = Path(req.output)
     last = ckpt.latest_checkpoint(out)
@@ -234,15 +227,18 @@ def _train(req: TrainRequest, info: D.DistInfo, device: torch.device) -> TrainRe
     cfg = req.config
     _check_config(cfg, info)
     out = Path(req.output).expanduser()
-    resolved, model = _load_model(req, device)
-    resumed, resumed_path = _resume_state(req, resolved)
+    from ..weights import load_model, resolve_checkpoint
+
+    resolved = resolve_checkpoint(req.init)
+    resumed, resumed_path = _resume_state(req, resolved)  # before building: an architecture mismatch fails fast
+    model = load_model(resolved, device)
     records = _shared_records(req.data, req.images_dir, "--data", info) + list(req.records or [])
     if not records:
         raise InputError("nothing to train on: pass --data SOURCE (a COCO / YTVIS JSON, fiftyone:..., labelstudio:...)")
     val_records = _shared_records(req.val, req.images_dir, "--val", info) if req.val else []
 
     if resumed is not None:
-        model.load_state_dict(resumed["model"], strict=True)
+        model.load_state_dict(ckpt.model_state(resumed["model"]), strict=True)
     fwd = prepare_for_training(model)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.max_iter)
@@ -278,7 +274,7 @@ def _train(req: TrainRequest, info: D.DistInfo, device: torch.device) -> TrainRe
 
     def trainer_state(steps_done: int) -> dict:
         rng = _rng_state(sampler, info)  # collective: every rank calls it
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        return {"model": ckpt.upstream_state_dict(model, cfg.loss.empty_object_weight), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "trainer": {"steps_done": steps_done, "rng": rng, "scaler": scaler.state_dict() if amp else None,
                             "model_config": model.cfg.to_dict(), "train_config": cfg.to_dict(),
                             "world_size": info.world_size, "init": req.init, "data": list(req.data)}}
@@ -329,7 +325,7 @@ def _train(req: TrainRequest, info: D.DistInfo, device: torch.device) -> TrainRe
     card = out / ckpt.CARD
     if info.is_main:
         card_dict = ckpt.model_card(out.name or "trained", model.cfg, req.init, cfg.to_dict(), cfg.max_iter, req.data)
-        final, card = ckpt.save_final(out, model.state_dict(), card_dict)
+        final, card = ckpt.save_final(out, ckpt.upstream_state_dict(model, cfg.loss.empty_object_weight), card_dict)
     D.barrier()
     return TrainResult(out, final, card, cfg.max_iter, losses, validation)
 
