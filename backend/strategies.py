@@ -16,11 +16,13 @@ import cv2
 import numpy as np
 
 from clipvis_core.errors import InputError
+from clipvis_core.keyframes import DEFAULT_TOLERANCE, parse_tolerance, sparse_sequence
 from clipvis_core.tracks import VideoTracks, decode_mask
 from clipvis_core.vocabulary import Vocabulary
 
 from .brush import mask_to_rle
 
+KEYFRAME_TOLERANCE_FIELD = "clipvis_keyframe_tolerance"  # task data key: per-task keyframe tolerance
 SUPPORTED_TAGS = (
     "<Video> + <VideoRectangle> + <Labels>",
     "<Image> + <BrushLabels>",
@@ -71,8 +73,9 @@ class Target:
             return float(LS_DEFAULT_FRAMERATE)
         return 1.0 / fps if fps < 1 else fps
 
-    def regions(self, tracks: VideoTracks, frames_count: int | None = None, task_data: dict | None = None) -> list[dict]:
-        return self.strategy().regions(self, tracks, frames_count, task_data)
+    def regions(self, tracks: VideoTracks, frames_count: int | None = None, task_data: dict | None = None,
+                keyframe_tolerance: float = DEFAULT_TOLERANCE) -> list[dict]:
+        return self.strategy().regions(self, tracks, frames_count, task_data, keyframe_tolerance)
 
 
 def _vocabulary(label_attrs: dict[str, dict]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -123,7 +126,8 @@ class Strategy:
     def label_attrs(cls, parsed: dict, name: str, info: dict) -> dict[str, dict]:
         return info.get("labels_attrs") or {}
 
-    def regions(self, target: Target, tracks: VideoTracks, frames_count: int | None, task_data=None) -> list[dict]:
+    def regions(self, target: Target, tracks: VideoTracks, frames_count: int | None, task_data=None,
+                keyframe_tolerance: float = DEFAULT_TOLERANCE) -> list[dict]:
         w, h = tracks.video.width, tracks.video.height
         out = []
         for tr in tracks.tracks:
@@ -192,8 +196,11 @@ class VideoRectangleStrategy(Strategy):
                 attrs.update(other.get("labels_attrs") or {})
         return attrs
 
-    def regions(self, target, tracks, frames_count, task_data=None):
+    def regions(self, target, tracks, frames_count, task_data=None, keyframe_tolerance=DEFAULT_TOLERANCE):
         info = tracks.video
+        # Sparse keyframes (Label Studio interpolates between them); a task may set its own tolerance.
+        override = (task_data or {}).get(KEYFRAME_TOLERANCE_FIELD) if isinstance(task_data, dict) else None
+        tolerance = parse_tolerance(override if override is not None else keyframe_tolerance)
         fps = info.fps if info.fps and info.fps > 0 else 25.0
         frames_count = frames_count or (max(info.frame_indices) + 1 if info.frame_indices else info.num_frames)
         duration = frames_count / fps
@@ -227,7 +234,8 @@ class VideoRectangleStrategy(Strategy):
                 "id": f"clipvis-{tr.id}", "from_name": target.from_name, "to_name": target.to_name,
                 "type": "videorectangle", "origin": "prediction", "score": float(tr.score),
                 "value": {"framesCount": ls_frames, "duration": duration,
-                          "labels": [target.labels[tr.category_id]], "sequence": sequence},
+                          "labels": [target.labels[tr.category_id]],
+                          "sequence": sparse_sequence(sequence, tolerance)},
             })
         return out
 

@@ -33,32 +33,26 @@ def _encode(masks: np.ndarray) -> list[dict]:
 def build_tracks(store: FrameStore, sel: Selection, geom: FrameGeometry, out_hw: tuple[int, int],
                  labels: list[str], trace: InstanceTrace | None = None) -> list[Track]:
     k = len(sel.queries)
-    n = store.frames
     mscore = MaskScore(k)
     empty = _encode(np.zeros((1, *out_hw), dtype=bool))[0]
+    size = list(empty["size"])
     rles: list[list[dict]] = [[] for _ in range(k)]
     frame_scores: list[list[float]] = [[] for _ in range(k)]
-    for t in range(n):
-        masks = store.read(t, "masks")[sel.queries]  # [K, h/4, w/4]
+    zero = torch.zeros(())
+    for t in range(store.frames):
         keep, per_frame = frame_keep(sel, store.read(t, "probs"), store.read(t, "obj"))
-        masks[~keep] = -1.0  # upstream blanks the whole frame of an instance
-        mscore.add(masks)
-        idx = torch.nonzero(keep).flatten()
-        out = np.zeros((k, *out_hw), dtype=bool)
-        logits = None
-        if len(idx):
-            # Only kept instances are resized: a constant -1 map resizes to an empty mask.
-            logits = masks_to_output_logits(masks[idx], geom.padded_hw, geom.image_hw, out_hw)
-            out[idx.numpy()] = (logits > 0).numpy()
+        # Upstream blanks the whole frame of an instance (mask := -1): it adds 0 to both sums
+        # and resizes to an empty mask; kept masks were resized and encoded when stored.
+        mscore.add_sums(torch.where(keep, store.read(t, "mask_num")[sel.queries], zero),
+                        torch.where(keep, store.read(t, "mask_den")[sel.queries], zero))
+        counts = store.read_rles(t) if bool(keep.any()) else None
         if trace is not None:
-            trace.keep.append(keep)
-            full = torch.full((k, *out_hw), -1.0)
-            if logits is not None:
-                full[idx] = logits
-            trace.logits.append(full)
-        encoded = _encode(out) if len(idx) else [empty] * k
+            _trace_frame(trace, store, t, sel, keep, geom, out_hw)
         for i in range(k):
-            rles[i].append(encoded[i])
+            if keep[i]:
+                rles[i].append({"size": size, "counts": counts[int(sel.queries[i])].decode("ascii")})
+            else:
+                rles[i].append(empty)
             frame_scores[i].append(float(per_frame[i]))
     scores = sel.scores * mscore.value()
     if trace is not None:
@@ -73,3 +67,15 @@ def build_tracks(store: FrameStore, sel: Selection, geom: FrameGeometry, out_hw:
     for rank, tr in enumerate(tracks, start=1):
         tr.id = rank
     return tracks
+
+
+def _trace_frame(trace: InstanceTrace, store: FrameStore, t: int, sel: Selection, keep: torch.Tensor,
+                 geom: FrameGeometry, out_hw: tuple[int, int]) -> None:
+    """Record the kept instances' output-resolution logits from the raw logits (traced runs only)."""
+    full = torch.full((len(sel.queries), *out_hw), -1.0)
+    idx = torch.nonzero(keep).flatten()
+    if len(idx):
+        masks = store.read_raw(t)[sel.queries[idx]]
+        full[idx] = masks_to_output_logits(masks, geom.padded_hw, geom.image_hw, out_hw)
+    trace.keep.append(keep)
+    trace.logits.append(full)

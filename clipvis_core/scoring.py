@@ -87,8 +87,12 @@ class MaskScore:
 
     def add(self, masks: torch.Tensor) -> None:
         pos = (masks > 0).to(masks.dtype)
-        self.num += (masks.sigmoid() * pos).flatten(1).sum(1).double()
-        self.den += pos.flatten(1).sum(1).double()
+        self.add_sums((masks.sigmoid() * pos).flatten(1).sum(1), pos.flatten(1).sum(1))
+
+    def add_sums(self, num: torch.Tensor, den: torch.Tensor) -> None:
+        """Per-frame float32 sums, as ``add`` computes them (the frame store precomputes them)."""
+        self.num += num.double()
+        self.den += den.double()
 
     def value(self) -> torch.Tensor:
         return (self.num / (self.den + 1e-6)).float()

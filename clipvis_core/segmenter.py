@@ -21,7 +21,7 @@ from .instances import InstanceTrace, build_tracks
 from .matching import MatchRecord, TemporalMatcher
 from .preprocess import geometry, prepare_frames
 from .scoring import VideoScores, frame_class_logits, select_instances
-from .store import FrameStore
+from .store import FrameStore, OutputGeometry
 from .tracks import VideoInfo, VideoTracks
 from .vocabulary import Vocabulary
 
@@ -60,6 +60,7 @@ class SegmentProgress:
     fps: float
     elapsed: float
     result: VideoTracks | None = None
+    temp_bytes: int = 0  # frame store size on disk so far
 
 
 @dataclass
@@ -115,8 +116,17 @@ class Segmenter:
     def name(self) -> str:
         return self.resolved.name
 
-    def model_version(self, vocabulary) -> str:
-        return f"{self.name}@{as_vocabulary(vocabulary).digest()}"
+    def model_version(self, vocabulary, adapter=None) -> str:
+        base = f"{self.name}@{as_vocabulary(vocabulary).digest()}"
+        return base if adapter is None else f"{base}+{self.adapter(adapter).digest()}"
+
+    def adapter(self, adapter):
+        """A classifier adapter (path or loaded), checked against this model's weights."""
+        from .adaptation import load_adapter
+
+        loaded = load_adapter(adapter)
+        loaded.check(self.model, self.name)
+        return loaded
 
     def text_classifier(self, vocab: Vocabulary):
         from .text import build_text_classifier
@@ -129,28 +139,34 @@ class Segmenter:
         return self._text_cache[key]
 
     def segment(self, source, vocabulary, options: SegmentOptions | None = None,
-                progress: Callable[[SegmentProgress], None] | None = None, trace: SegmentTrace | None = None) -> VideoTracks:
+                progress: Callable[[SegmentProgress], None] | None = None, trace: SegmentTrace | None = None,
+                adapter=None) -> VideoTracks:
         result = None
-        for p in self.iter_segment(source, vocabulary, options, trace):
+        for p in self.iter_segment(source, vocabulary, options, trace, adapter):
             if progress is not None:
                 progress(p)
             result = p.result or result
         return result
 
     def iter_segment(self, source, vocabulary, options: SegmentOptions | None = None,
-                     trace: SegmentTrace | None = None) -> Iterator[SegmentProgress]:
+                     trace: SegmentTrace | None = None, adapter=None) -> Iterator[SegmentProgress]:
+        """``adapter``: a classifier adapter file (``clipvis adapt``) blended into the text classifier;
+        with no vocabulary given, the adapter's vocabulary is used."""
         opts = options or SegmentOptions()
-        vocab = as_vocabulary(vocabulary)
+        adapter = self.adapter(adapter) if adapter is not None else None
+        vocab = as_vocabulary(vocabulary) if vocabulary or adapter is None else adapter.vocab
         with self._lock:
-            yield from self._run(source, vocab, opts, trace)
+            yield from self._run(source, vocab, opts, trace, adapter)
 
-    def _run(self, source, vocab: Vocabulary, opts: SegmentOptions, trace: SegmentTrace | None):
+    def _run(self, source, vocab: Vocabulary, opts: SegmentOptions, trace: SegmentTrace | None, adapter=None):
         cfg, inf = self.cfg, self.cfg.inference
         info, frames, close = _frames_source(source, opts)
         try:
             if info.num_frames == 0:
                 raise InputError(f"{info.source}: no frames to process (check the time range / stride)")
             text = self.text_classifier(vocab)
+            if adapter is not None:
+                text = adapter.apply(text, vocab)
             min_size = inf.min_size if opts.min_size is None else opts.min_size
             geom = geometry(info.height, info.width, min_size, opts.max_size or inf.max_size, cfg.size_divisibility)
             out_hw = tuple(opts.output_size) if opts.output_size else (info.height, info.width)
@@ -161,7 +177,9 @@ class Segmenter:
             scores = VideoScores()
             mean, std = self.model.pixel_mean, self.model.pixel_std
             t0, done = time.perf_counter(), 0
-            with FrameStore({"masks": (q, h4, w4), "probs": (q, c), "obj": (q, 2)}) as store:
+            # A trace records output-resolution logits, so it keeps the raw mask logits as well.
+            shapes = {"masks": (q, h4, w4), "probs": (q, c), "obj": (q, 2)}
+            with FrameStore(shapes, OutputGeometry(geom.padded_hw, geom.image_hw, out_hw), keep_raw=trace is not None) as store:
                 for batch in _windows(frames, window):
                     x = prepare_frames(batch, geom, mean, std, self.device)
                     with torch.inference_mode(), self._autocast():
@@ -171,7 +189,7 @@ class Segmenter:
                             self._frame(done, out, i, matcher, text, scores, store, trace)
                         done += 1
                         el = time.perf_counter() - t0
-                        yield SegmentProgress(done, info.num_frames, done / max(el, 1e-9), el)
+                        yield SegmentProgress(done, info.num_frames, done / max(el, 1e-9), el, temp_bytes=store.bytes_written)
                     del out, x
                 if done == 0:
                     raise InputError(f"{info.source}: no frame could be decoded (corrupt or empty video)")
@@ -183,10 +201,11 @@ class Segmenter:
                     if trace is not None:
                         trace.video_obj_logits, trace.final_scores, trace.selection = scores.video_obj_logits, final, sel
                     tracks = build_tracks(store, sel, geom, out_hw, vocab.labels, trace.instances if trace else None)
+                temp_bytes = store.bytes_written
             tracks = [t for t in tracks if t.score >= opts.score_threshold]
-            result = VideoTracks(info, list(vocab.entries), tracks, self.model_version(vocab), opts.to_dict())
+            result = VideoTracks(info, list(vocab.entries), tracks, self.model_version(vocab, adapter), opts.to_dict())
             el = time.perf_counter() - t0
-            yield SegmentProgress(done, done, done / max(el, 1e-9), el, result)
+            yield SegmentProgress(done, done, done / max(el, 1e-9), el, result, temp_bytes)
         finally:
             close()
 

@@ -1,45 +1,169 @@
-"""Disk-backed per-frame storage for the final instance selection.
+"""Disk-backed per-frame storage for the final instance selection: small, and exact.
 
-Which (track, class) pairs become instances is only known after the last frame, but their masks
-are needed for every frame. Rather than keeping all frames' masks in RAM (upstream grows ~8-30 MiB
-per frame), each frame's matched mask logits and class probabilities are written to temp files
-with plain file I/O (no mmap, so they never count towards RSS) and read back once at the end.
+Which (track, class) pairs become instances is only known after the last frame, so every query's
+per-frame data is kept until then - on disk (plain file I/O, no mmap), so RAM stays flat. The
+store keeps what the final pass *uses* rather than raw logits (``4*Q*h/4*w/4`` bytes a frame):
+
+* class probabilities ``[Q, C]`` and object logits ``[Q, 2]``, float32 (for ``frame_keep``);
+* per query, the two float32 sums of the mask score (``sum(sigmoid(m) * (m > 0))``, ``count(m > 0)``),
+  computed from the full-precision logits with the same ops ``MaskScore.add`` uses;
+* per query, the output mask itself: the logits resized exactly as the final pass resizes them
+  (``masks_to_output_logits``, on the CPU), thresholded, COCO-RLE encoded, zlib-compressed.
+
+The final pass then only picks the RLEs of the selected queries in their kept frames: outputs are
+identical to resizing at the end (masks of dropped frames are blank either way). A traced run also
+keeps the raw logits, because the trace records output-resolution logits.
+
+Files are unlinked as soon as they are created, so the kernel frees them on every exit path -
+exception, SIGTERM, SIGKILL - and no stale store can outlive its process.
 """
 from __future__ import annotations
 
+import errno
 import os
-import shutil
+import struct
 import tempfile
+import zlib
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from pycocotools import mask as mask_utils
+
+from .errors import ClipvisError
+from .scoring import masks_to_output_logits
+
+_INDEX = struct.Struct("<QQ")  # (offset, length) of one frame's mask record
+_CHUNK = 16  # queries resized at once: bounds the full-resolution temporaries
+
+
+class DiskFullError(ClipvisError):
+    """The temp file system filled up while storing frames."""
+
+
+@dataclass(frozen=True)
+class OutputGeometry:
+    """How low-res mask logits become output masks (see ``masks_to_output_logits``)."""
+
+    padded_hw: tuple[int, int]
+    image_hw: tuple[int, int]
+    out_hw: tuple[int, int]
+
+
+def mask_sums(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-query float32 sums MaskScore accumulates (same ops, so the same rounding)."""
+    pos = (m > 0).to(m.dtype)
+    return (m.sigmoid() * pos).flatten(1).sum(1), pos.flatten(1).sum(1)
+
+
+def output_rles(m: torch.Tensor, geom: OutputGeometry) -> list[bytes]:
+    """[Q, h/4, w/4] logits -> Q COCO RLE ``counts`` of the thresholded output-resolution masks."""
+    counts: list[bytes] = []
+    for i in range(0, len(m), _CHUNK):
+        out = masks_to_output_logits(m[i:i + _CHUNK], geom.padded_hw, geom.image_hw, geom.out_hw) > 0
+        rles = mask_utils.encode(np.asfortranarray(out.numpy().transpose(1, 2, 0).astype(np.uint8)))
+        counts += [r["counts"] for r in rles]
+    return counts
+
+
+def _pack(counts: list[bytes]) -> bytes:
+    head = struct.pack(f"<I{len(counts)}I", len(counts), *(len(c) for c in counts))
+    return zlib.compress(head + b"".join(counts), 1)
+
+
+def _unpack(buf: bytes) -> list[bytes]:
+    raw = zlib.decompress(buf)
+    (n,) = struct.unpack_from("<I", raw)
+    lens = struct.unpack_from(f"<{n}I", raw, 4)
+    out, pos = [], 4 + 4 * n
+    for k in lens:
+        out.append(raw[pos:pos + k])
+        pos += k
+    return out
 
 
 class FrameStore:
-    def __init__(self, shapes: dict[str, tuple[int, ...]], tmp_dir: str | None = None):
-        self.dir = tempfile.mkdtemp(prefix="clipvis-frames-", dir=tmp_dir or os.environ.get("CLIPVIS_TMPDIR"))
-        self.shapes = shapes
-        self.nbytes = {k: int(np.prod(s)) * 4 for k, s in shapes.items()}
-        self.files = {k: open(os.path.join(self.dir, f"{k}.f32"), "w+b") for k in shapes}
-        self.frames = 0
+    """Per-frame records in anonymous temp files; ``keep_raw`` also keeps the raw float32 logits."""
 
-    def write(self, t: int, **arrays: torch.Tensor) -> None:
-        for k, a in arrays.items():
-            f = self.files[k]
-            f.seek(t * self.nbytes[k])
-            f.write(a.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-        self.frames = max(self.frames, t + 1)
+    def __init__(self, shapes: dict[str, tuple[int, ...]], geom: OutputGeometry, tmp_dir: str | None = None,
+                 keep_raw: bool = False):
+        self.base = tmp_dir or os.environ.get("CLIPVIS_TMPDIR") or tempfile.gettempdir()
+        self.geom, self.keep_raw = geom, keep_raw
+        self.mask_shape = tuple(shapes["masks"])
+        q = self.mask_shape[0]
+        self.fixed_shapes = {**{k: tuple(s) for k, s in shapes.items() if k != "masks"}, "mask_num": (q,), "mask_den": (q,)}
+        self.fixed_bytes = {k: int(np.prod(s)) * 4 for k, s in self.fixed_shapes.items()}
+        self.frames = 0
+        self.bytes_written = 0
+        self._end = 0  # append offset in the rles file
+        self.files = {}
+        try:
+            for k in [*self.fixed_shapes, "rles", "index"] + (["raw"] if keep_raw else []):
+                self.files[k] = tempfile.TemporaryFile(prefix="clipvis-store-", dir=self.base)  # already unlinked
+        except OSError as e:
+            self.close()
+            raise self._error(e) from None
+
+    def _error(self, e: OSError) -> ClipvisError:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return DiskFullError(f"no space left for the frame store in {self.base} (about {self.bytes_per_frame():.0f} "
+                                 f"bytes per frame): free space there or set CLIPVIS_TMPDIR to a larger disk")
+        return ClipvisError(f"cannot write the frame store in {self.base} ({e.strerror}): set CLIPVIS_TMPDIR to a writable directory")
+
+    def bytes_per_frame(self) -> float:
+        return self.bytes_written / max(self.frames, 1)
+
+    def write(self, t: int, masks: torch.Tensor, **arrays: torch.Tensor) -> None:
+        """Frame ``t`` (frames arrive in order): masks [Q, h/4, w/4] logits plus the fixed-size arrays."""
+        if t != self.frames:
+            raise ValueError(f"frame {t} written out of order (expected {self.frames})")
+        m = masks.detach().to("cpu", torch.float32).contiguous()
+        num, den = mask_sums(m)
+        arrays = {**arrays, "mask_num": num, "mask_den": den}
+        rec = _pack(output_rles(m, self.geom))
+        try:
+            for k, n in self.fixed_bytes.items():
+                self._put(k, t * n, arrays[k].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            self._put("rles", self._end, rec)
+            self._put("index", t * _INDEX.size, _INDEX.pack(self._end, len(rec)))
+            if self.keep_raw:
+                self._put("raw", t * m.numel() * 4, m.numpy().tobytes())
+        except OSError as e:
+            raise self._error(e) from None
+        self._end += len(rec)
+        self.frames = t + 1
+
+    def _put(self, key: str, offset: int, data: bytes) -> None:
+        f = self.files[key]
+        f.seek(offset)
+        f.write(data)
+        self.bytes_written += len(data)
+
+    def _get(self, key: str, offset: int, n: int) -> bytes:
+        f = self.files[key]
+        f.seek(offset)
+        return f.read(n)
 
     def read(self, t: int, key: str) -> torch.Tensor:
-        f = self.files[key]
-        f.seek(t * self.nbytes[key])
-        buf = f.read(self.nbytes[key])
-        return torch.from_numpy(np.frombuffer(buf, dtype=np.float32).reshape(self.shapes[key]).copy())
+        n = self.fixed_bytes[key]
+        buf = self._get(key, t * n, n)
+        return torch.from_numpy(np.frombuffer(buf, dtype=np.float32).reshape(self.fixed_shapes[key]).copy())
+
+    def read_rles(self, t: int) -> list[bytes]:
+        """Q RLE ``counts`` (bytes) of frame ``t``'s output masks, in query order."""
+        off, n = _INDEX.unpack(self._get("index", t * _INDEX.size, _INDEX.size))
+        return _unpack(self._get("rles", off, n))
+
+    def read_raw(self, t: int) -> torch.Tensor:
+        """[Q, h/4, w/4] raw logits (only with ``keep_raw``)."""
+        n = int(np.prod(self.mask_shape)) * 4
+        buf = self._get("raw", t * n, n)
+        return torch.from_numpy(np.frombuffer(buf, dtype=np.float32).reshape(self.mask_shape).copy())
 
     def close(self) -> None:
         for f in self.files.values():
             f.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.files = {}
 
     def __enter__(self):
         return self
