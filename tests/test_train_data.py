@@ -256,6 +256,14 @@ def test_error_missing_image_file(tmp_path):
     _one_line(e)
 
 
+def test_error_image_file_gone_after_opening(tmp_path):
+    (rec,) = open_source(str(_one_image_coco(tmp_path, POLY)))
+    (tmp_path / "x.png").unlink()
+    with pytest.raises(InputError, match=r"ann\.json: image 1 \(x\.png\): image file not found: .*--images DIR") as e:
+        decode(rec)
+    _one_line(e)
+
+
 def test_error_mask_size_differs_from_image(tmp_path):
     m = np.zeros((8, 12), bool)
     m[2:4, 2:4] = True
