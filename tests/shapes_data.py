@@ -30,12 +30,12 @@ def _draw(kind: str, canvas: np.ndarray, cx: float, cy: float, r: float, colour)
         cv2.fillPoly(canvas, [pts], colour)
 
 
-def shapes_video(rng: np.random.Generator, num_frames: int, height: int, width: int):
+def shapes_video(rng: np.random.Generator, num_frames: int, height: int, width: int, num_shapes: int | None = None):
     """(frames uint8 [T, H, W, 3], masks bool [N, T, H, W], category names [N])."""
     bg = rng.integers(10, 90, size=3)
     noise = rng.integers(-12, 13, size=(num_frames, height, width, 3))
     frames = np.clip(bg + noise, 0, 255).astype(np.uint8)
-    n = int(rng.integers(1, 4))
+    n = num_shapes or int(rng.integers(1, 4))
     kinds = [CATEGORIES[int(k)] for k in rng.integers(0, 3, size=n)]
     s = min(height, width)
     shapes = []
@@ -60,13 +60,13 @@ def shapes_video(rng: np.random.Generator, num_frames: int, height: int, width: 
 
 
 def write_ytvis(root: Path, num_videos: int, seed: int, num_frames: int = 4, height: int = 64, width: int = 64,
-                name: str = "train") -> Path:
+                name: str = "train", num_shapes: int | None = None) -> Path:
     """``root/<name>.json`` + ``root/<name>/<video>/00000.jpg ...``; returns the JSON path."""
     rng = np.random.default_rng(seed)
     root = Path(root)
     videos, anns = [], []
     for v in range(1, num_videos + 1):
-        frames, masks, kinds = shapes_video(rng, num_frames, height, width)
+        frames, masks, kinds = shapes_video(rng, num_frames, height, width, num_shapes)
         folder = f"{name}/v{v:03d}"
         write_frame_dir(root / folder, frames, ext=".png")
         videos.append({"id": v, "height": height, "width": width, "length": num_frames,
