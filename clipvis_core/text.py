@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from .vocabulary import PROMPT_TEMPLATES, Vocabulary
 
 _TEXT_TOWER_PREFIXES = ("token_embedding", "positional_embedding", "transformer.", "ln_final", "text_projection")
 _lock = threading.Lock()
+log = logging.getLogger("clipvis")
 
 
 @dataclass
@@ -74,9 +76,23 @@ def ensemble(raw: torch.Tensor, num_templates: int) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True)
 
 
+def warn_truncated(tokenizer, synonyms: list[str], templates: tuple[str, ...]) -> list[str]:
+    """Synonyms whose templated prompts exceed the text encoder's context (they get cut off)."""
+    encode, context = getattr(tokenizer, "encode", None), getattr(tokenizer, "context_length", None)
+    if encode is None or not context:
+        return []
+    overhead = max(len(encode(t.replace("{}", ""))) for t in templates) + 2  # + start/end tokens
+    long = [s for s in dict.fromkeys(synonyms) if len(encode(s)) + overhead > context]
+    for s in long:
+        log.warning("class name %r is longer than the text encoder's %d-token context with its prompt: "
+                    "it is truncated (shorten it)", s if len(s) <= 60 else s[:57] + "...", context)
+    return long
+
+
 def build_text_classifier(adapter, tokenizer, vocabulary: Vocabulary, cache_dir: str | os.PathLike | None = None,
                           templates: tuple[str, ...] = PROMPT_TEMPLATES) -> TextClassifier:
     synonyms = [s for syns in vocabulary.synonyms for s in syns]
+    warn_truncated(tokenizer, synonyms, templates)
     cache = _RowCache(Path(cache_dir), text_tower_digest(adapter), templates) if cache_dir else None
     rows = cache.get(synonyms) if cache else {}
     missing = list(dict.fromkeys(s for s in synonyms if s not in rows))
@@ -99,9 +115,16 @@ class _RowCache:
 
     def _read(self) -> dict[str, torch.Tensor]:
         try:
-            return torch.load(self.path, weights_only=True)
-        except (FileNotFoundError, EOFError, RuntimeError):
+            table = torch.load(self.path, weights_only=True)
+        except FileNotFoundError:
             return {}
+        except Exception as e:  # a truncated or foreign file raises anything from the unpickler
+            log.warning("text-embedding cache %s is unreadable (%s): rebuilding it", self.path, type(e).__name__)
+            return {}
+        if not isinstance(table, dict) or not all(isinstance(v, torch.Tensor) for v in table.values()):
+            log.warning("text-embedding cache %s holds no embedding table: rebuilding it", self.path)
+            return {}
+        return table
 
     def get(self, synonyms: list[str]) -> dict[str, torch.Tensor]:
         table = self._read()

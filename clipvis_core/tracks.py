@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,14 +118,22 @@ class VideoTracks:
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write via a temp file in the same directory + rename: readers never see half a file."""
+    """Write via a temp file in the same directory + rename: readers never see half a file.
+
+    Only a regular file (or nothing) is replaced: renaming over a symlink or a device node
+    (``/dev/null``) would silently swap it for a plain file."""
+    from .errors import InputError
+
     path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise InputError(f"{path} exists and is not a regular file (a symlink, device or directory): "
+                         "write to a plain file path instead")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
+        # 0o666 through os.open: the process umask applies as for any new file, and it is never
+        # changed (os.umask is process-wide, racy with other threads).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)

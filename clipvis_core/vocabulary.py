@@ -81,6 +81,32 @@ class Vocabulary:
         """Every templated prompt, ordered class -> synonym -> template (upstream order)."""
         return [t.format(s) for syns in self.synonyms for s in syns for t in templates]
 
+    def deduplicated(self) -> tuple["Vocabulary", list[str]]:
+        """Classes whose names match once case and spacing are normalised, merged into the first
+        (its synonyms extended); also one note per merge to show the user."""
+        def norm(text: str) -> str:
+            return " ".join(text.split()).lower()
+
+        first: dict[str, int] = {}
+        entries: list[str] = []
+        meta: list[dict] = []
+        notes: list[str] = []
+        for i, entry in enumerate(self.entries):
+            syns = split_synonyms(entry)
+            j = first.get(norm(syns[0]))
+            if j is None:
+                first[norm(syns[0])] = len(entries)
+                entries.append(entry)
+                meta.extend(self.meta[i:i + 1])
+                continue
+            have = {norm(s) for s in split_synonyms(entries[j])}
+            extra = [s for s in syns if norm(s) not in have]
+            merged = ",".join([entries[j], *extra]) if extra else entries[j]
+            notes.append(f"class {entry!r} is the same as {entries[j]!r} after normalising case and spaces: "
+                         f"merged into {merged!r}")
+            entries[j] = merged
+        return (Vocabulary(tuple(entries), tuple(meta) if len(meta) == len(entries) else ()), notes)
+
     def digest(self) -> str:
         """Short stable hash of the entries (used in model versions and job keys)."""
         return hashlib.sha256(json.dumps(list(self.entries)).encode()).hexdigest()[:12]

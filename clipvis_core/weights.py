@@ -122,11 +122,15 @@ def resolve_checkpoint(spec: str) -> ResolvedCheckpoint:
     if p.suffix == ".json":
         if not p.is_file():
             raise WeightsError(f"model card {p} not found: pass an existing .json card, a .pth file or a registered name")
-        card = json.loads(p.read_text())
-        cfg = card["config"]
-        cfg = _config_or_error(cfg) if isinstance(cfg, str) else ModelConfig.from_dict(cfg)
-        ckpt = card.get("checkpoint")
-        path = (p.parent / ckpt).resolve() if ckpt else None
+        try:
+            card = json.loads(p.read_text())
+            cfg = card["config"]
+            cfg = _config_or_error(cfg) if isinstance(cfg, str) else ModelConfig.from_dict(cfg)
+            ckpt = card.get("checkpoint")
+            path = (p.parent / ckpt).resolve() if ckpt else None
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+            raise WeightsError(f"model card {p} is malformed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): "
+                               "it must be JSON like {\"config\": {...} or a config name, \"checkpoint\": \"model.pth\"}") from None
         if path is not None and not path.is_file():
             raise WeightsError(f"model card {p} points at {path}, which does not exist: fix its \"checkpoint\" path")
         return ResolvedCheckpoint(card.get("name") or p.stem, cfg, path, card.get("clip_weights"))

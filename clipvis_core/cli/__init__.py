@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import signal
 import sys
+import threading
 
 from ..errors import ClipvisError
 
@@ -34,17 +37,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# OSErrors no retry can fix: a full or read-only disk, a file too large for its filesystem.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised like Ctrl-C so ``with`` blocks (the per-frame store) clean up."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
         rc = args.func(args)
     except ClipvisError as e:
         print(f"clipvis: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS:
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"clipvis: error: {e.strerror}{where}: free space or write to another disk "
+              "(--output, CLIPVIS_TMPDIR, CLIPVIS_CACHE_DIR)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("clipvis: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("clipvis: terminated", file=sys.stderr)
+        return 143
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     return int(rc or 0)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,6 +71,16 @@ def _check_paths(args: argparse.Namespace) -> None:
     for target in (out, args.overlay):
         if target is not None:
             _check_writable(target.expanduser())
+            if target.expanduser().is_symlink() or (target.expanduser().exists() and not target.expanduser().is_file()):
+                raise InputError(f"{target} is not a regular file (a symlink or device): the atomic write would "
+                                 "replace it; write to a plain file path")
+    tmp = os.environ.get("CLIPVIS_TMPDIR")
+    if tmp:  # a real probe: permission bits say nothing for root or on a read-only mount
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".clipvis-probe-", dir=tmp))
+        except OSError as e:
+            raise InputError(f"CLIPVIS_TMPDIR={tmp} cannot hold the per-frame store ({e.strerror}): point it at "
+                             "a writable directory, or unset it") from None
     if args.overlay is not None:
         if args.overlay.suffix.lower() not in SUFFIXES:
             raise InputError(f"--overlay {args.overlay.name!r}: use a .mp4 or .webm file name (formats browsers play)")
@@ -108,7 +119,9 @@ def run(args: argparse.Namespace) -> int:
     from ..builtin_vocabularies import resolve_vocabulary
 
     _check_paths(args)
-    vocabulary = resolve_vocabulary(args.classes, args.vocab_file, args.vocab)
+    vocabulary, merges = resolve_vocabulary(args.classes, args.vocab_file, args.vocab).deduplicated()
+    for note in merges:
+        print(f"clipvis: warning: {note}", file=sys.stderr)
     num_frames = _check_video(args)
     _check_device(args.device)
 

@@ -1,10 +1,12 @@
 """The Celery task: parse the spec, call ``run_job``, report progress. Nothing else lives here.
 
-Retries: transient errors (I/O, network, Redis) retry with exponential backoff; bad input,
-weights problems, cancellation and time-outs fail at once and are never retried.
+Retries: transient errors (network, Redis, passing I/O) retry with exponential backoff; bad input,
+weights problems, permanent OS errors (missing paths, full disk), cancellation and time-outs fail
+at once and are never retried.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -12,6 +14,16 @@ import time
 from .settings import JobSettings
 
 log = logging.getLogger("clipvis.jobs")
+
+
+# OSErrors a retry cannot fix: missing or forbidden paths, a full or read-only disk.
+PERMANENT_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EROFS,
+                              errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.ENAMETOOLONG, errno.ELOOP})
+
+
+def is_permanent(e: BaseException) -> bool:
+    """An OSError that fails the same way on every retry (requests' errors carry no errno)."""
+    return isinstance(e, OSError) and e.errno in PERMANENT_ERRNOS
 
 
 def _transient_errors() -> tuple[type[BaseException], ...]:
@@ -68,6 +80,9 @@ def register(app) -> None:
         except never:
             raise
         except transient as e:
+            if is_permanent(e):
+                log.error("job %s failed (%s: %s); not retried", job_id, type(e).__name__, e)
+                raise
             log.warning("transient failure of job %s (%s: %s); retrying", job_id, type(e).__name__, e)
             backoff = min(600.0, cfg.retry_backoff * 2 ** self.request.retries)
             raise self.retry(exc=e, countdown=backoff)
