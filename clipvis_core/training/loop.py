@@ -98,10 +98,29 @@ def _open_records(specs: list[str], images_dir: str | None, what: str) -> list:
     records = []
     for spec in specs:
         records.extend(open_source(spec, images_dir=images_dir))
+    _check_files(records, what)
     if not records and specs:
         raise InputError(f"{what} {' '.join(specs)} holds no samples with images: check the annotation file "
                          "and that its images exist (--images DIR)")
     return records
+
+
+def _check_files(records, what: str) -> None:
+    """Every image / video file exists (a stat per file): a missing one fails now, not hours in."""
+    seen: set[str] = set()
+    missing = []
+    for r in records:
+        for ref in r.frames:
+            path = ref[0] if isinstance(ref, tuple) else ref
+            if path not in seen:
+                seen.add(path)
+                if not Path(path).is_file():
+                    missing.append((path, r.source))
+    if missing:
+        path, source = missing[0]
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise InputError(f"{what}: image file not found: {path} ({source}){more}: restore it, remove its annotation, "
+                         "or pass --images DIR (the folder the file names are relative to)")
 
 
 def _shared_records(specs, images_dir, what, info):
@@ -318,6 +337,9 @@ def _train(req: TrainRequest, info: D.DistInfo, device: torch.device) -> TrainRe
         if val_records:
             validation = _validate(model, resolved, val_records, device, info)
             metrics.write(cfg.max_iter, validation)
+    except BaseException:
+        bar.leave = False  # the error line stands alone, without a half-drawn bar above it
+        raise
     finally:
         bar.close()
         metrics.close()

@@ -26,18 +26,21 @@ class MetricsWriter:
     def __init__(self, out_dir: Path, enabled: bool = True, resume_step: int | None = None):
         self.path = Path(out_dir) / METRICS
         self.enabled = enabled
+        self.resume_step = resume_step
         self._tb = None
-        if not enabled:
-            return
+        self._opened = False  # files are created on the first write: a run failing at once leaves none
+
+    def _open(self) -> None:
+        self._opened = True
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_step is not None:
-            self._truncate_after(resume_step)
+        if self.resume_step is not None:
+            self._truncate_after(self.resume_step)
         elif self.path.exists():
             self.path.unlink()  # a fresh run in a reused directory starts a fresh log
         if tensorboard_available():
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(out_dir), purge_step=resume_step)
+            self._tb = SummaryWriter(log_dir=str(self.path.parent), purge_step=self.resume_step)
 
     def _truncate_after(self, step: int) -> None:
         if not self.path.exists():
@@ -55,6 +58,8 @@ class MetricsWriter:
         """One line ``{"step": step, **values}``; TensorBoard gets every numeric value as a scalar."""
         if not self.enabled:
             return
+        if not self._opened:
+            self._open()
         row = {"step": step, **{k: _plain(v) for k, v in values.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(row, allow_nan=True) + "\n")
