@@ -230,3 +230,28 @@ def test_wrong_token_is_a_clear_error(media_server, media_root, tmp_path):
     (media_root / "clip.mp4").write_bytes(b"v")
     with pytest.raises(MediaError, match="HTTP 401"):
         _fetcher(media_server, tmp_path, token="wrong-token").fetch("/data/upload/1/clip.mp4")
+
+
+@pytest.mark.parametrize("url, text, origin", [
+    ("http://127.0.0.1:8080/data/upload/1/a.mp4", "http://127.0.0.1:8080/data/upload/1/a.mp4", "http://127.0.0.1:8080"),
+    ("HTTPS://LS.Example.com/data/a.mp4?x=1#frag", "https://ls.example.com/data/a.mp4?x=1", "https://ls.example.com:443"),
+    ("http://[0:0::1]:9000", "http://[::1]:9000/", "http://[::1]:9000"),
+    ("http://label_studio:8080/a", "http://label_studio:8080/a", "http://label_studio:8080"),  # docker service
+    ("http://127.0.0.1:80/a", "http://127.0.0.1/a", "http://127.0.0.1:80"),
+])
+def test_plain_urls_have_one_canonical_reading(url, text, origin):
+    from backend.urls import canonical
+
+    c = canonical(url)
+    assert (c.text, c.origin) == (text, origin)
+    assert canonical(c.text) == c  # stable
+
+
+@pytest.mark.parametrize("url", ["http://a:1\\@b:2/", "http://a:1%5C@b:2/", "http://u@a/", "http://a:1 /x",
+                                 "http://127.1/", "http://0x7f.0.0.1/", "http://2130706433/", "http://a:08/",
+                                 "http://a:99999/", "http://a:/", "http://é.com/", "http://[::1%25eth0]/", "ftp://a/"])
+def test_ambiguous_urls_are_refused(url):
+    from backend.urls import UrlRefused, canonical
+
+    with pytest.raises(UrlRefused):
+        canonical(url)
