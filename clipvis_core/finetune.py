@@ -94,9 +94,12 @@ def default_config(req: FinetuneRequest) -> TrainConfig:
 
 
 def score(checkpoint: str, records, device: str) -> dict[str, float]:
+    import torch
+
     from .training.validation import evaluate_records
     from .weights import load_model, resolve_checkpoint
 
+    device = torch.device(device)
     resolved = resolve_checkpoint(checkpoint)
     model = load_model(resolved, device)
     return evaluate_records(model, resolved, records, device)
