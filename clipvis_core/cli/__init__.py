@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "vocab",
     "evaluate",
     "train",
+    "adapt",
     "jobs",
     "fiftyone_cmd",
     "labelstudio_cmd",

@@ -38,6 +38,7 @@ def register(subparsers) -> None:
                    help='a class; repeat for more; synonyms comma-separated: --class "car, automobile"')
     s.add_argument("--vocab-file", type=Path, metavar="FILE")
     s.add_argument("--vocab", metavar="BUILTIN", help="built-in vocabulary (see `clipvis vocab list`)")
+    s.add_argument("--adapter", metavar="FILE", help="classifier adapter from `clipvis adapt` (default vocabulary: its classes)")
     s.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
                    help="HTTP header for URL media, e.g. 'Authorization: Token abc'")
     for flag, field, typ in _OPTION_FLAGS:
@@ -102,7 +103,8 @@ def _spec(args: argparse.Namespace):
     from ..builtin_vocabularies import resolve_vocabulary
     from ..jobs import JobSpec
 
-    vocabulary = resolve_vocabulary(args.classes, args.vocab_file, args.vocab)
+    given = args.classes or args.vocab_file or args.vocab
+    vocabulary = resolve_vocabulary(args.classes, args.vocab_file, args.vocab) if given or not args.adapter else None
     options = {field: getattr(args, field) for _, field, _ in _OPTION_FLAGS if getattr(args, field) is not None}
     for item in args.option:
         name, sep, value = item.partition("=")
@@ -118,8 +120,8 @@ def _spec(args: argparse.Namespace):
         if not sep or not name.strip():
             raise InputError(f"--header {item!r}: write 'Name: value', e.g. 'Authorization: Token abc'")
         headers[name.strip()] = value.strip()
-    return JobSpec(media=args.media, vocabulary=list(vocabulary.entries), checkpoint=args.checkpoint,
-                   options=options, headers=headers or None)
+    return JobSpec(media=args.media, vocabulary=list(vocabulary.entries) if vocabulary else [], checkpoint=args.checkpoint,
+                   options=options, headers=headers or None, adapter=args.adapter)
 
 
 def run_submit(args: argparse.Namespace) -> int:
@@ -143,6 +145,11 @@ def _handle(job_id: str):
 def _describe(st) -> str:
     if st.state == "FAILURE":
         return f"FAILURE {st.error_type}: {st.error}"
+    if st.steps_total:  # a training job
+        loss = f", loss {st.loss:.4f}" if st.loss is not None else ""
+        return f"{st.state} step {st.step}/{st.steps_total}{loss}, {st.fps:.2f} steps/s"
+    if st.result:
+        return f"{st.state} {st.result}"
     if st.frames_total:
         return f"{st.state} {st.frames_done}/{st.frames_total} frames, {st.fps:.2f} frames/s"
     return st.state
@@ -169,6 +176,9 @@ def _wait(handle, timeout: float | None, output: Path | None) -> int:
         time.sleep(0.2)
     if sys.stderr.isatty() and last:
         print(file=sys.stderr)
+    if st.state == "SUCCESS" and st.result:  # a training job: the trained model card
+        print(st.result)
+        return 0
     tracks = handle.wait(timeout=0)  # raises the job's error (InputError, JobCancelled...) as one line
     if output is not None:
         tracks.save(output.expanduser())

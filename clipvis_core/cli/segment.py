@@ -31,6 +31,8 @@ def register(subparsers) -> None:
     voc.add_argument("--vocab-file", type=Path, metavar="FILE", help="text file, one class per line (# comments)")
     voc.add_argument("--vocab", metavar="BUILTIN", help="built-in vocabulary, e.g. lvvis, lvvis:novel, ytvis2019 "
                                                          "(see `clipvis vocab list`)")
+    p.add_argument("--adapter", metavar="FILE", help="classifier adapter from `clipvis adapt` (its classes are the "
+                                                     "vocabulary when none is given)")
     p.add_argument("--format", choices=("tracks", "ytvis"), default="tracks",
                    help="tracks: clipvis track JSON (default); ytvis: YouTube-VIS results list")
     p.add_argument("--video-id", default=1, type=_video_id, help="video_id written in ytvis results (default 1)")
@@ -119,7 +121,12 @@ def run(args: argparse.Namespace) -> int:
     from ..builtin_vocabularies import resolve_vocabulary
 
     _check_paths(args)
-    vocabulary, merges = resolve_vocabulary(args.classes, args.vocab_file, args.vocab).deduplicated()
+    if args.adapter and not (args.classes or args.vocab_file or args.vocab):
+        from ..adaptation import load_adapter
+
+        vocabulary, merges = load_adapter(args.adapter).vocab, []
+    else:
+        vocabulary, merges = resolve_vocabulary(args.classes, args.vocab_file, args.vocab).deduplicated()
     for note in merges:
         print(f"clipvis: warning: {note}", file=sys.stderr)
     num_frames = _check_video(args)
@@ -132,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
                           window=args.window, score_threshold=args.score_threshold)
     seg = get_segmenter(args.checkpoint, device=args.device)
     t0 = time.perf_counter()
-    tracks = _segment_with_progress(seg, args.input, vocabulary, opts, num_frames, quiet=args.quiet)
+    tracks = _segment_with_progress(seg, args.input, vocabulary, opts, num_frames, quiet=args.quiet, adapter=args.adapter)
     elapsed = time.perf_counter() - t0
 
     if args.format == "ytvis":
@@ -151,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _segment_with_progress(seg, source, vocabulary, opts, num_frames: int, quiet: bool):
+def _segment_with_progress(seg, source, vocabulary, opts, num_frames: int, quiet: bool, adapter=None):
     from tqdm import tqdm
 
     result = None
@@ -159,7 +166,7 @@ def _segment_with_progress(seg, source, vocabulary, opts, num_frames: int, quiet
     # are the average since the start, not the burst rate.
     with tqdm(total=num_frames, unit="frame", desc="segment", disable=quiet, smoothing=0,
               dynamic_ncols=True, file=sys.stderr) as bar:
-        for p in seg.iter_segment(source, vocabulary, opts):
+        for p in seg.iter_segment(source, vocabulary, opts, adapter=adapter):
             if p.frames_total != bar.total:
                 bar.total = p.frames_total
             bar.update(p.frames_done - bar.n)

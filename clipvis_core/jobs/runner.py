@@ -138,7 +138,7 @@ def _execute(spec: JobSpec, settings: JobSettings, progress, should_stop) -> Vid
         if should_stop is not None and should_stop():
             raise JobCancelled(f"job for {spec.media} was cancelled")
         try:
-            tracks = seg.segment(source, vocabulary, options, progress=on_frame)
+            tracks = seg.segment(source, vocabulary, options, progress=on_frame, adapter=spec.adapter)
         except Exception as e:
             if not _is_cuda_oom(e):
                 raise
@@ -148,7 +148,7 @@ def _execute(spec: JobSpec, settings: JobSettings, progress, should_stop) -> Vid
             import torch
 
             torch.cuda.empty_cache()
-            tracks = seg.segment(source, vocabulary, smaller, progress=on_frame)
+            tracks = seg.segment(source, vocabulary, smaller, progress=on_frame, adapter=spec.adapter)
     if spec.is_url:
         tracks.video.source = spec.media  # not the deleted temp download
     return tracks

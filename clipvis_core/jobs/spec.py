@@ -43,6 +43,16 @@ def checkpoint_identity(checkpoint: str) -> str:
     return ident
 
 
+def adapter_identity(adapter: str | None) -> str | None:
+    """None, or the hash of the adapter file's bytes (a rebuilt adapter is a new result)."""
+    if adapter is None:
+        return None
+    path = Path(adapter).expanduser()
+    if not path.is_file():
+        raise InputError(f"adapter file {path} not found: create one with `clipvis adapt` or fix the path")
+    return f"adapter:{media_mod.file_digest(path)}"
+
+
 def option_defaults() -> dict[str, Any] | None:
     """SegmentOptions field -> default (None while the core segmenter is not importable)."""
     try:
@@ -64,6 +74,7 @@ class JobSpec:
     checkpoint: str
     options: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, str] | None = None
+    adapter: str | None = None  # classifier adapter file (`clipvis adapt`); its bytes are part of the key
     _key: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
@@ -75,6 +86,12 @@ class JobSpec:
         elif isinstance(self.vocabulary, str):
             self.vocabulary = [self.vocabulary]
         self.vocabulary = list(self.vocabulary)
+        if self.adapter is not None:
+            from ..adaptation import load_adapter
+
+            self.adapter = str(self.adapter)
+            if not self.vocabulary:  # the adapter's classes (read now: a bad file fails at submit)
+                self.vocabulary = list(load_adapter(self.adapter).vocabulary)
         Vocabulary.from_names(self.vocabulary)  # raises a one-line InputError on bad entries
         if not self.checkpoint:
             raise InputError("job checkpoint is empty: give a registered name, a model card .json or a .pth")
@@ -111,6 +128,8 @@ class JobSpec:
                 "format": FORMAT_VERSION,
                 "clipvis": __version__,
             }
+            if self.adapter is not None:  # absent otherwise: keys of plain jobs stay as they were
+                payload["adapter"] = adapter_identity(self.adapter)
             blob = json.dumps(payload, sort_keys=True, default=str).encode()
             self._key = hashlib.sha256(blob).hexdigest()[:KEY_LENGTH]
         return self._key
@@ -118,18 +137,18 @@ class JobSpec:
     def to_dict(self) -> dict:
         """JSON-safe form (the Celery message); carries the key so workers need no HEAD request."""
         return {"media": self.media, "vocabulary": self.vocabulary, "checkpoint": self.checkpoint,
-                "options": self.options, "headers": self.headers, "key": self._key}
+                "options": self.options, "headers": self.headers, "adapter": self.adapter, "key": self._key}
 
     @classmethod
     def from_dict(cls, d: dict) -> "JobSpec":
         if not isinstance(d, dict):
             raise InputError(f"job spec must be a JSON object, got {type(d).__name__}")
-        unknown = set(d) - {"media", "vocabulary", "checkpoint", "options", "headers", "key"}
+        unknown = set(d) - {"media", "vocabulary", "checkpoint", "options", "headers", "adapter", "key"}
         if unknown:
             raise InputError(f"unknown job spec field(s) {sorted(unknown)}")
         try:
             spec = cls(media=d["media"], vocabulary=d["vocabulary"], checkpoint=d["checkpoint"],
-                       options=d.get("options") or {}, headers=d.get("headers"))
+                       options=d.get("options") or {}, headers=d.get("headers"), adapter=d.get("adapter"))
         except KeyError as e:
             raise InputError(f"job spec misses the field {e.args[0]!r}") from None
         spec._key = d.get("key")
