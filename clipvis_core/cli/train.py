@@ -6,6 +6,7 @@ process runs this same command (DistributedDataParallel; ``--batch-size`` is the
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -18,6 +19,22 @@ def register(subparsers) -> None:
         description="Train CLIP-VIS's class-agnostic mask generator (the CLIP backbone stays frozen) from masks "
                     "alone; categories are optional. Leaves DIR/model_final.pth and DIR/model_card.json, "
                     "usable as --checkpoint everywhere. Multi-GPU / multi-node: run it under torchrun.")
+    _add_run_args(p)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda when available")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=run)
+
+    s = subparsers.add_parser(
+        "submit-train", prog="clipvis submit train", help="submit a training job (`clipvis submit train ...`)",
+        description="Queue a training run on the 'train' Celery queue (CLIPVIS_BROKER_URL set; workers: "
+                    "`clipvis worker --pool solo --queues clipvis.train`), or run it in this process without a broker. "
+                    "Follow it with `clipvis jobs status|wait|cancel ID`; a cancelled run continues with --resume.")
+    _add_run_args(s)
+    s.add_argument("--wait", action="store_true", help="wait for the run to finish (always, without a broker)")
+    s.set_defaults(func=run_submit)
+
+
+def _add_run_args(p) -> None:
     p.add_argument("--data", action="append", required=True, metavar="SOURCE",
                    help="COCO or YouTube-VIS/LV-VIS JSON, fiftyone:DATASET[:FIELD][@VIEW], a Label Studio export "
                         "JSON or labelstudio:PROJECT_ID; repeat to combine")
@@ -30,25 +47,32 @@ def register(subparsers) -> None:
     p.add_argument("--val", action="append", default=[], metavar="SOURCE",
                    help="held-out data for periodic validation (class-agnostic AP; AP with its categories)")
     p.add_argument("--config", type=Path, metavar="JSON", help="training config JSON (TrainConfig fields; see docs/training.md)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda when available")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.add_argument("--images", metavar="DIR", help="image root for annotation files whose paths are relative elsewhere")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
-    p.set_defaults(func=run)
+
+
+def _config_dict(path: Path | None) -> dict:
+    if path is None:
+        return {}
+    if not path.is_file():
+        raise InputError(f"--config {path} not found: pass a training config JSON file")
+    try:
+        d = json.loads(path.read_text())
+    except ValueError as e:
+        raise InputError(f"--config {path} is not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise InputError(f"--config {path}: expected a JSON object of TrainConfig fields")
+    return d
 
 
 def build_request(args: argparse.Namespace):
     from ..training.config import TrainConfig
     from ..training.loop import TrainRequest, override
 
-    cfg = TrainConfig()
-    if args.config is not None:
-        if not args.config.is_file():
-            raise InputError(f"--config {args.config} not found: pass a training config JSON file")
-        try:
-            cfg = TrainConfig.from_json(args.config)
-        except (ValueError, TypeError) as e:
-            raise InputError(f"--config {args.config}: {str(e).splitlines()[0]}") from None
+    try:
+        cfg = TrainConfig.from_dict(_config_dict(args.config))
+    except (ValueError, TypeError) as e:
+        raise InputError(f"--config {args.config}: {str(e).splitlines()[0]}") from None
     if args.steps is not None and args.steps < 1:
         raise InputError(f"--steps {args.steps}: train for at least one step")
     if args.batch_size is not None and args.batch_size < 1:
@@ -77,4 +101,21 @@ def run(args: argparse.Namespace) -> int:
             last = f"; last loss {result.losses[-1]:.4f}" if result.losses else ""
             val = "".join(f"; {k} {100 * v:.1f}" for k, v in result.validation.items())
             print(f"trained {result.steps} steps{last}{val} -> {result.card} (use it as --checkpoint)", file=sys.stderr)
+    return 0
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    from ..jobs import JobSettings
+    from ..jobs.training import TrainJobSpec, submit_train
+    from .jobs import _wait
+
+    spec = TrainJobSpec(data=list(args.data), init=args.init, output=str(args.output), steps=args.steps,
+                        batch_size=args.batch_size, lr=args.lr, val=list(args.val), config=_config_dict(args.config),
+                        images=args.images, resume=args.resume)
+    settings = JobSettings.from_env()
+    handle = submit_train(spec, settings)
+    print(handle.id)
+    sys.stdout.flush()
+    if args.wait or not settings.distributed:
+        return _wait(handle, None, None)
     return 0

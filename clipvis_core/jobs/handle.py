@@ -34,6 +34,11 @@ class JobStatus:
     fps: float = 0.0
     error: str | None = None  # one-line message of a failed job
     error_type: str | None = None
+    # Training jobs: optimizer steps done / total, the last loss, the trained model card (fps = steps/s).
+    step: int = 0
+    steps_total: int | None = None
+    loss: float | None = None
+    result: str | None = None
 
     @property
     def done(self) -> bool:
@@ -119,7 +124,7 @@ def _new_id(key: str) -> str:
 
 # ---- Celery ---------------------------------------------------------------------------------
 
-def _celery_submit(spec: JobSpec, queue: str, settings: JobSettings) -> JobHandle:
+def _celery_submit(spec: JobSpec, queue: str, settings: JobSettings, task: str | None = None) -> JobHandle:
     import redis
 
     from .celery_app import TASK_NAME, get_app
@@ -155,7 +160,7 @@ def _celery_submit(spec: JobSpec, queue: str, settings: JobSettings) -> JobHandl
             except redis.WatchError:
                 continue
     try:
-        get_app(settings).send_task(TASK_NAME, args=[spec.to_dict()], task_id=new_id, queue=queue)
+        get_app(settings).send_task(task or TASK_NAME, args=[spec.to_dict()], task_id=new_id, queue=queue)
     except BaseException:
         if r.get(record) == new_id.encode():
             r.delete(record)  # never sent: do not let the record block the next submission
@@ -171,7 +176,10 @@ def _celery_status(h: JobHandle) -> JobStatus:
     res = AsyncResult(h.id, app=get_app(h.settings))
     state, info = res.state, res.info
     if state == "PROGRESS" and isinstance(info, dict):
-        return JobStatus(state, int(info.get("frames_done", 0)), info.get("frames_total"), float(info.get("fps", 0.0)))
+        return JobStatus(state, int(info.get("frames_done", 0)), info.get("frames_total"), float(info.get("fps", 0.0)),
+                         step=int(info.get("step", 0)), steps_total=info.get("steps_total"), loss=info.get("loss"))
+    if state == "SUCCESS" and isinstance(info, dict) and info.get("card"):
+        return JobStatus(state, result=str(info["card"]))  # a training job: its model card
     if state in ("FAILURE", "RETRY") and isinstance(info, BaseException):
         return JobStatus(state, error=str(info), error_type=type(info).__name__)
     return JobStatus(state)

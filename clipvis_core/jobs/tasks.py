@@ -43,6 +43,9 @@ def register(app) -> None:
     from celery.signals import worker_process_init
 
     transient, never = _transient_errors()
+    from . import train_task
+
+    train_task.register(app)  # training jobs: their own task on the "<queue>.train" queue
     # Sent in each pool process (and by the solo pool): the model is built there, never in a parent.
     worker_process_init.connect(lambda **_: warm_up(), weak=False)
 
