@@ -103,6 +103,10 @@ class ClipvisBackend:
         except InputError as e:  # e.g. a blank synonym: still the config's fault (422)
             raise ConfigError(f"labeling config: {e}") from None
         self.model_version = f"{checkpoint_name(self.settings.checkpoint)}-{vocabulary_hash(self.targets)}"
+        if self.settings.adapter:  # a new adapter is a new version: Label Studio asks for fresh predictions
+            from clipvis_core.adaptation import load_adapter
+
+            self.model_version += f"-{load_adapter(self.settings.adapter).digest()}"
         self.ls_url = (ls_url or "").rstrip("/") or None
         self.access_token = access_token
         self.auth = LabelStudioAuth(self.ls_url, self.settings.api_key or access_token)
@@ -140,7 +144,8 @@ class ClipvisBackend:
                                        f"${key}; import tasks with that field (or change value=\"${key}\")")
                 if not isinstance(value, str):
                     raise MediaRefused(f"task {task.get('id')}: '{key}' must be a media URL (a string)")
-                fut = runner.start(runner.Request(value, kind, prompts, self.settings.checkpoint, self.options()),
+                fut = runner.start(runner.Request(value, kind, prompts, self.settings.checkpoint, self.options(),
+                                                  self.settings.adapter),
                                    self.fetcher)
             except Exception as e:  # this task fails, the batch goes on
                 fut = Future()

@@ -33,10 +33,11 @@ class Request:
     prompts: tuple[str, ...]
     checkpoint: str
     options: tuple[tuple[str, object], ...] = ()
+    adapter: str | None = None  # classifier adapter file
 
     @property
     def ident(self) -> tuple:
-        return (self.media_url, self.prompts, self.checkpoint, json.dumps(self.options, default=str))
+        return (self.media_url, self.prompts, self.checkpoint, json.dumps(self.options, default=str), self.adapter)
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def _suffix(request: Request) -> str:
 
 def _spec(request: Request, path: Path) -> JobSpec:
     return JobSpec(media=str(path), vocabulary=list(request.prompts), checkpoint=request.checkpoint,
-                   options=dict(request.options))
+                   options=dict(request.options), adapter=request.adapter)
 
 
 def _produce(request: Request, fetcher: MediaFetcher) -> Outcome:

@@ -36,6 +36,8 @@ class BackendSettings:
     min_size: int | None = None
     max_size: int | None = None
     workers: int = 1  # inference jobs run at once in this process (fallback runner)
+    # Classifier adapter file from `clipvis adapt` (CLIPVIS_ADAPTER); part of the model version.
+    adapter: str | None = None
 
     @classmethod
     def from_env(cls, **overrides) -> "BackendSettings":
@@ -62,10 +64,13 @@ class BackendSettings:
             frame_stride=int(_float("CLIPVIS_FRAME_STRIDE", 1)),
             min_size=int(_float("CLIPVIS_MIN_SIZE", 0)) or None,
             max_size=int(_float("CLIPVIS_MAX_SIZE", 0)) or None,
+            adapter=env.get("CLIPVIS_ADAPTER") or None,
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["predict_budget_s"] >= 95:
             raise InputError("CLIPVIS_PREDICT_BUDGET must stay well under Label Studio's 100 s /predict timeout (e.g. 60)")
+        if values["adapter"] and not Path(values["adapter"]).expanduser().is_file():
+            raise InputError(f"CLIPVIS_ADAPTER {values['adapter']} not found: point it at a file from `clipvis adapt`")
         if bool(values["basic_auth_user"]) != bool(values["basic_auth_pass"]):
             raise InputError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS (or neither)")
         return cls(**values)

@@ -70,6 +70,8 @@ def segment_form(ctx):
     _suggest(inputs, "checkpoint", local, "Checkpoint",
              "A registered checkpoint available on this machine, or a model card (.json) / .pth path",
              default=local[0] if len(local) == 1 else None)
+    inputs.str("adapter", label="Classifier adapter (optional)",
+               description="An adapter file from `clipvis adapt`: the classifier learnt from your corrections")
     inputs.float("score_threshold", default=0.1, label="Score threshold", description="Drop tracks below this score (0-1)")
     inputs.int("max_tracks", default=20, label="Maximum tracks per video", description="0 keeps every track")
     inputs.int("frame_stride", default=1, label="Frame stride", description="Segment every n-th frame")

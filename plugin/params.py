@@ -26,6 +26,7 @@ class SegmentRequest:
     frame_stride: int
     label_field: str
     store_masks: bool
+    adapter: str | None = None  # classifier adapter file from `clipvis adapt`
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,18 @@ def parse_segment(params: dict, dataset) -> SegmentRequest:
         frame_stride=_number(params, "frame_stride", 1, int, lo=1),
         label_field=field,
         store_masks=params.get("store_masks") is not False,  # unset / None (form untouched) -> masks
+        adapter=_adapter(params.get("adapter")),
     )
+
+
+def _adapter(value) -> str | None:
+    """An adapter file that can be read (its match with the checkpoint is checked when the model loads)."""
+    if value is None or not str(value).strip():
+        return None
+    from clipvis_core.adaptation import load_adapter
+
+    load_adapter(str(value).strip())  # one-line InputError for a missing or foreign file
+    return str(value).strip()
 
 
 def parse_novelty(params: dict, dataset) -> NoveltyRequest:

@@ -68,6 +68,7 @@ def _record_run(dataset, req: SegmentRequest, model: str) -> None:
     runs[req.label_field] = {
         "model": model,
         "checkpoint": req.checkpoint,
+        "adapter": req.adapter,
         "vocabulary": list(req.vocabulary.entries),
         "score_threshold": req.score_threshold,
         "max_tracks": req.max_tracks,

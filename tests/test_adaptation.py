@@ -270,3 +270,36 @@ def test_empty_input_is_a_one_line_error(kind, data, card, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err and err.startswith("clipvis: error: no labelled instances in")
     assert not out.exists()
+
+
+def test_hosts_pass_the_adapter_to_the_job_layer(adapter, card, tmp_path, monkeypatch):
+    from backend import runner as ls_runner
+    from backend.model import ClipvisBackend
+    from backend.settings import BackendSettings
+    from clipvis_core.errors import InputError
+    from clipvis_core.vocabulary import Vocabulary
+    from plugin import params as fo_params
+    from plugin import runner as fo_runner
+
+    digest = ClassifierAdapter.load(adapter).digest()
+    # Label Studio backend: CLIPVIS_ADAPTER is part of the model version and of every job it starts.
+    config = ('<View><Video name="video" value="$video"/><VideoRectangle name="box" toName="video"/>'
+              '<Labels name="l" toName="video">' + "".join(f'<Label value="{n}"/>' for n in NAMES) + "</Labels></View>")
+    monkeypatch.setenv("CLIPVIS_ADAPTER", str(adapter))
+    adapted = ClipvisBackend(config, BackendSettings.from_env(checkpoint=str(card)))
+    monkeypatch.delenv("CLIPVIS_ADAPTER")
+    plain = ClipvisBackend(config, BackendSettings.from_env(checkpoint=str(card)))
+    assert adapted.model_version == f"{plain.model_version}-{digest}"
+    video = tmp_path / "v.avi"
+    write_video(video, np.zeros((2, 64, 64, 3), np.uint8))
+    request = ls_runner.Request("/data/v.avi", "video", tuple(NAMES), str(card), adapted.options(), str(adapter))
+    assert ls_runner._spec(request, video).adapter == str(adapter)
+    monkeypatch.setenv("CLIPVIS_ADAPTER", str(tmp_path / "missing.pt"))
+    with pytest.raises(InputError, match="CLIPVIS_ADAPTER .* not found"):
+        BackendSettings.from_env(checkpoint=str(card))
+    # FiftyOne segment operator: the optional adapter parameter reaches the job spec.
+    assert fo_params._adapter("") is None and fo_params._adapter(str(adapter)) == str(adapter)
+    with pytest.raises(InputError, match="not a clipvis adapter file"):
+        fo_params._adapter(str(card))  # a model card is not an adapter
+    req = fo_params.SegmentRequest(Vocabulary.from_names(NAMES), str(card), 0.1, None, 1, "pred", True, str(adapter))
+    assert fo_runner.job_spec(str(video), req).adapter == str(adapter)
