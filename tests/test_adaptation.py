@@ -303,3 +303,43 @@ def test_hosts_pass_the_adapter_to_the_job_layer(adapter, card, tmp_path, monkey
         fo_params._adapter(str(card))  # a model card is not an adapter
     req = fo_params.SegmentRequest(Vocabulary.from_names(NAMES), str(card), 0.1, None, 1, "pred", True, str(adapter))
     assert fo_runner.job_spec(str(video), req).adapter == str(adapter)
+
+
+def test_label_studio_video_and_image_rectangles(data, card, tmp_path):
+    """A Label Studio export: video rectangles (keyframes) and an image rectangle adapt the classifier;
+    a region carrying two different labels is a conflict."""
+    train = json.loads(data["train"].read_text())
+    video = train["videos"][0]
+    frames = np.stack([cv2.cvtColor(cv2.imread(str(data["train"].parent / f)), cv2.COLOR_BGR2RGB)
+                       for f in video["file_names"]])
+    media = tmp_path / "media"
+    write_video(media / "clip.avi", frames, fps=10.0)
+    cv2.imwrite(str(media / "still.png"), cv2.cvtColor(frames[0], cv2.COLOR_RGB2BGR))
+    h, w = video["height"], video["width"]
+    anns = [a for a in train["annotations"] if a["video_id"] == video["id"]]
+    pct = lambda b: {"x": 100 * b[0] / w, "y": 100 * b[1] / h, "width": 100 * b[2] / w, "height": 100 * b[3] / h}  # noqa: E731
+    boxes = [[mask_utils.toBbox(s).tolist() for s in a["segmentations"]] for a in anns]
+    label = [NAMES[a["category_id"] - 1] for a in anns]
+    seq = [dict(pct(b), frame=t + 1, time=t / 10.0, enabled=True) for t, b in enumerate(boxes[0])]
+    tasks = [
+        {"id": 1, "data": {"video": "/data/upload/1/clip.avi"}, "annotations": [{"id": 10, "result": [
+            {"id": "r1", "type": "videorectangle", "value": {"sequence": seq, "labels": [label[0]]}},
+            {"id": "r2", "type": "videorectangle", "value": {"sequence": seq[:1], "labels": [label[1], label[0]]}}]}]},
+        {"id": 2, "data": {"image": "/data/upload/1/still.png"}, "annotations": [{"id": 11, "result": [
+            {"id": "r3", "type": "rectanglelabels", "original_width": w, "original_height": h,
+             "value": dict(pct(boxes[1][0]), rotation=0, rectanglelabels=[label[1]])}]}]},
+        {"id": 3, "data": {"image": "/data/upload/1/still.png"}, "annotations": []},  # not annotated yet
+    ]
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(tasks))
+    found = open_examples(str(export), str(media))
+    assert (len(found.examples), found.conflicting, found.boxes_only) == (2, 1, 2)
+    vid, img = found.examples
+    assert vid.label == label[0] and [o.frame for o in vid.observations] == [(str(media / "clip.avi"), t) for t in range(len(seq))]
+    assert np.allclose(vid.observations[0].box, boxes[0][0], atol=1e-6) and img.label == label[1]
+    out = tmp_path / "ls.pt"
+    assert main(["adapt", "--data", str(export), "--images", str(media), "--checkpoint", str(card),
+                 "--output", str(out), "-q"]) == 0
+    a = ClassifierAdapter.load(out)
+    assert sum(a.report["pooled_from"].values()) == len(seq) + 1 and a.report["conflicting_left_out"] == 1
+    assert sorted(n for n in a.counts if n) == [1, 1]

@@ -4,7 +4,8 @@ Sources are those of ``clipvis train`` (``training.data.open_source``): COCO / Y
 Label Studio exports and projects, FiftyOne datasets. Adaptation also accepts boxes, which training
 cannot use, so COCO / YTVIS JSON are read here: an annotation with a ``segmentation`` (COCO) or
 ``segmentations`` (YTVIS) gives masks, one with only ``bbox`` / ``bboxes`` ([x, y, w, h] pixels)
-gives boxes. Other sources go through ``open_source`` (masks).
+gives boxes. Label Studio brush masks, rectangles and video rectangles: ``labelstudio.py``.
+FiftyOne datasets go through ``open_source`` (detections with masks).
 
 One instance = one annotated object. Annotations that share ``instance_id`` (else ``id``) within one
 image or video are the same instance; an instance labelled differently in different places
@@ -51,7 +52,7 @@ class ExampleSet:
     labels: list[str] = field(default_factory=list)  # the source's category order (first seen)
 
 
-def _merge(keyed: dict, order: list[str], collected: ExampleSet) -> ExampleSet:
+def merge(keyed: dict, order: list[str], collected: ExampleSet) -> ExampleSet:
     """keyed: identity -> (labels seen, Example) -> ExampleSet with conflicts / unlabelled left out."""
     for labels, ex in keyed.values():
         distinct = {lab.strip() for lab in labels if lab and lab.strip()}
@@ -105,7 +106,7 @@ def _coco(data: dict, path: Path, root: Path) -> ExampleSet:
         labels, ex = keyed.setdefault(ident, ([], Example("", [], h, w, f"{path.name}: image {img.get('id')}")))
         labels.append(names.get(ann.get("category_id")))
         ex.observations.append(obs)
-    return _merge(keyed, [names[c] for c in names], ExampleSet([]))
+    return merge(keyed, [names[c] for c in names], ExampleSet([]))
 
 
 def _ytvis(data: dict, path: Path, root: Path) -> ExampleSet:
@@ -137,7 +138,7 @@ def _ytvis(data: dict, path: Path, root: Path) -> ExampleSet:
         labels, ex = keyed.setdefault(ident, ([], Example("", [], h, w, f"{path.name}: video {vid.get('id')}", video=True)))
         labels.append(names.get(ann.get("category_id")))
         ex.observations.extend(obs)
-    return _merge(keyed, [names[c] for c in names], ExampleSet([]))
+    return merge(keyed, [names[c] for c in names], ExampleSet([]))
 
 
 def _from_records(records) -> ExampleSet:
@@ -152,7 +153,7 @@ def _from_records(records) -> ExampleSet:
             labels.append(inst.category)
             order.append(inst.category)
             ex.observations.extend(obs)
-    return _merge(keyed, order, ExampleSet([]))
+    return merge(keyed, order, ExampleSet([]))
 
 
 SPECS = "a COCO / YouTube-VIS / Label Studio export .json, fiftyone:DATASET[:FIELD][@VIEW] or labelstudio:PROJECT_ID"
@@ -171,7 +172,13 @@ def open_examples(spec: str, images_dir: str | None = None) -> ExampleSet:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InputError(f"{path} is not valid JSON ({e}): pass {SPECS}") from None
     root = Path(images_dir) if images_dir else path.parent
-    if isinstance(data, dict) and isinstance(data.get("videos"), list):
+    from . import labelstudio
+
+    if spec.startswith("labelstudio:"):
+        found = labelstudio.open_project(spec[len("labelstudio:"):])
+    elif isinstance(data, list) and all(isinstance(t, dict) and "data" in t for t in data):
+        found = labelstudio.open_export(path, data, images_dir)
+    elif isinstance(data, dict) and isinstance(data.get("videos"), list):
         found = _ytvis(data, path, root)
     elif isinstance(data, dict) and isinstance(data.get("images"), list):
         found = _coco(data, path, root)
