@@ -137,8 +137,10 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(path)  # "No space left on device" alone does not say which file
         raise
     return path

@@ -233,3 +233,26 @@ def test_permanent_os_errors_are_not_retried(tmp_path):
         port = s.getsockname()[1]  # bound, not listening: refused
         refused = error_of(lambda: socket.create_connection(("127.0.0.1", port), timeout=2))
     assert isinstance(refused, ConnectionRefusedError) and not is_permanent(refused)  # a service restarting
+
+
+def test_full_disk_at_the_output_names_it_and_leaves_nothing(tiny_card, tmp_path):
+    image = tmp_path / "still.png"
+    cv2.imwrite(str(image), shape_frames(1, 48, 64, seed=3)[0])
+    out = tmp_path / "out" / "tracks.json"
+    args = ["segment", image, "--checkpoint", tiny_card, "-o", out, "--class", "red ball", "--class", "box",
+            "--quiet"]
+    tmpdir = tmp_path / "t"
+    tmpdir.mkdir()
+    env = _env(tmp_path, CLIPVIS_TMPDIR=str(tmpdir))
+    rc, _, err = _cli(args, env)  # a first run fills the text cache and tells the output's size
+    assert rc == 0, err
+    limit = out.stat().st_size // 2
+    out.unlink()
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    line = _one_error_line(*_cli(args, env, preexec=small_disk)[::2])
+    assert f"writing {out}" in line and "free space" in line
+    assert list(out.parent.iterdir()) == [] and list(tmpdir.iterdir()) == []  # no half file, no temp file
