@@ -30,7 +30,10 @@ def is_loopback(host: str) -> bool:
 def check_exposure(settings: BackendSettings, host: str, allow_unauthenticated: bool) -> None:
     """Anyone who reaches the port can run jobs and push predictions: beyond loopback, only
     with credentials (or an explicit opt-out for a trusted network)."""
-    if settings.auth_enabled or is_loopback(host):
+    if settings.auth_enabled:
+        return
+    if is_loopback(host):
+        log.warning("no BASIC_AUTH_USER / BASIC_AUTH_PASS: every local user and process can call the backend")
         return
     if not allow_unauthenticated:
         raise InputError(f"refusing to serve on {host} without authentication: set BASIC_AUTH_USER and "
