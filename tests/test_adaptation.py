@@ -343,3 +343,40 @@ def test_label_studio_video_and_image_rectangles(data, card, tmp_path):
     a = ClassifierAdapter.load(out)
     assert sum(a.report["pooled_from"].values()) == len(seq) + 1 and a.report["conflicting_left_out"] == 1
     assert sorted(n for n in a.counts if n) == [1, 1]
+
+
+def test_fiftyone_detections_with_masks_boxes_and_a_conflict(data, tmp_path):
+    import fiftyone as fo
+
+    from clipvis_core.export.fiftyone import crop_instance
+
+    train = json.loads(data["train"].read_text())
+    video = train["videos"][0]
+    frames = np.stack([cv2.cvtColor(cv2.imread(str(data["train"].parent / f)), cv2.COLOR_BGR2RGB)
+                       for f in video["file_names"]])
+    path = write_video(tmp_path / "clip.avi", frames)
+    anns = [a for a in train["annotations"] if a["video_id"] == video["id"]]
+    label = [NAMES[a["category_id"] - 1] for a in anns]
+    ds = fo.Dataset(f"clipvis-adapt-{tmp_path.name}")
+    try:
+        sample = fo.Sample(filepath=str(path))
+        objects = [fo.Instance() for _ in range(3)]
+        for t in range(len(frames)):
+            masks = [mask_utils.decode(a["segmentations"][t]).astype(bool) for a in anns]
+            crops = [crop_instance(m) for m in masks]
+            dets = [fo.Detection(label=label[0], bounding_box=crops[0].box, mask=crops[0].mask, instance=objects[0]),
+                    fo.Detection(label=label[1], bounding_box=crops[1].box, instance=objects[1]),  # a box only
+                    # The same object called differently in two frames: a conflict.
+                    fo.Detection(label=label[t % 2], bounding_box=crops[1].box, instance=objects[2])]
+            sample.frames[t + 1] = fo.Frame(gt=fo.Detections(detections=dets))
+        ds.add_sample(sample)
+        found = open_examples(f"fiftyone:{ds.name}:gt")
+    finally:
+        ds.delete()
+    assert (len(found.examples), found.conflicting, found.boxes_only) == (2, 1, 1)
+    masked, boxed = found.examples
+    assert (masked.label, boxed.label) == (label[0], label[1])
+    assert [o.frame for o in masked.observations] == [(str(path), t) for t in range(len(frames))]
+    assert all(o.mask is not None for o in masked.observations) and all(o.box is not None for o in boxed.observations)
+    expected = mask_utils.toBbox(anns[1]["segmentations"][0]).tolist()
+    assert np.allclose(boxed.observations[0].box, expected, atol=1.0)

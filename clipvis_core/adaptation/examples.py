@@ -1,11 +1,11 @@
 """Labelled instances for classifier adaptation: a label and, per annotated frame, a mask or a box.
 
-Sources are those of ``clipvis train`` (``training.data.open_source``): COCO / YouTube-VIS JSON,
-Label Studio exports and projects, FiftyOne datasets. Adaptation also accepts boxes, which training
-cannot use, so COCO / YTVIS JSON are read here: an annotation with a ``segmentation`` (COCO) or
+Source specs are those of ``clipvis train``: COCO / YouTube-VIS JSON, Label Studio exports and
+projects, FiftyOne datasets. Adaptation also learns from boxes, which training cannot use, so the
+sources are read here (with training's parsing helpers). COCO / YTVIS: an annotation with a ``segmentation`` (COCO) or
 ``segmentations`` (YTVIS) gives masks, one with only ``bbox`` / ``bboxes`` ([x, y, w, h] pixels)
-gives boxes. Label Studio brush masks, rectangles and video rectangles: ``labelstudio.py``.
-FiftyOne datasets go through ``open_source`` (detections with masks).
+gives boxes. Label Studio brush masks, rectangles and video rectangles: ``labelstudio.py``;
+FiftyOne detections with masks or boxes: ``fiftyone.py``.
 
 One instance = one annotated object. Annotations that share ``instance_id`` (else ``id``) within one
 image or video are the same instance; an instance labelled differently in different places
@@ -141,21 +141,6 @@ def _ytvis(data: dict, path: Path, root: Path) -> ExampleSet:
     return merge(keyed, [names[c] for c in names], ExampleSet([]))
 
 
-def _from_records(records) -> ExampleSet:
-    """Training records (masks) -> examples; identity = (record, track id)."""
-    keyed: dict = {}
-    order = []
-    for r, rec in enumerate(records):
-        for n, inst in enumerate(rec.instances):
-            obs = [Observation(fr, seg) for fr, seg in zip(rec.frames, inst.segmentations) if seg is not None]
-            ident = (r, inst.track_id if inst.track_id is not None else f"#{n}")
-            labels, ex = keyed.setdefault(ident, ([], Example("", [], rec.height, rec.width, rec.source, rec.video)))
-            labels.append(inst.category)
-            order.append(inst.category)
-            ex.observations.extend(obs)
-    return merge(keyed, order, ExampleSet([]))
-
-
 SPECS = "a COCO / YouTube-VIS / Label Studio export .json, fiftyone:DATASET[:FIELD][@VIEW] or labelstudio:PROJECT_ID"
 
 
@@ -176,21 +161,21 @@ def open_examples(spec: str, images_dir: str | None = None) -> ExampleSet:
 
     if spec.startswith("labelstudio:"):
         found = labelstudio.open_project(spec[len("labelstudio:"):])
+    elif spec.startswith("fiftyone:"):
+        from .fiftyone import open_fiftyone
+
+        found = open_fiftyone(spec[len("fiftyone:"):])
     elif isinstance(data, list) and all(isinstance(t, dict) and "data" in t for t in data):
         found = labelstudio.open_export(path, data, images_dir)
     elif isinstance(data, dict) and isinstance(data.get("videos"), list):
         found = _ytvis(data, path, root)
     elif isinstance(data, dict) and isinstance(data.get("images"), list):
         found = _coco(data, path, root)
+    elif data is not None:
+        raise InputError(f"{path}: not a COCO ('images' + 'annotations'), YouTube-VIS ('videos' + 'annotations') "
+                         "or Label Studio export (a list of tasks) file")
     else:
-        from ..training.data import open_source
-
-        try:
-            found = _from_records(open_source(spec, images_dir))
-        except InputError as e:
-            if "no annotated" not in str(e):
-                raise
-            found = ExampleSet([])
+        raise InputError(f"unknown adaptation data {spec!r}: pass {SPECS}")
     if not found.examples:
         why = []
         if found.conflicting:
