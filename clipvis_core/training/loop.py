@@ -24,6 +24,7 @@ from ..errors import ClipvisError, InputError
 from . import checkpointing as ckpt
 from . import distributed as D
 from .config import TrainConfig
+from .loader import Failed, build_loader, shared_records
 from .metrics import MetricsWriter
 from .sampling import PointSampler
 
@@ -92,51 +93,6 @@ def _check_config(cfg: TrainConfig, info: D.DistInfo) -> None:
                          f"= {info.world_size} x {cfg.grad_accum}: it is the total over all processes")
 
 
-def _open_records(specs: list[str], images_dir: str | None, what: str) -> list:
-    from .data import open_source
-
-    records = []
-    for spec in specs:
-        records.extend(open_source(spec, images_dir=images_dir))
-    _check_files(records, what)
-    if not records and specs:
-        raise InputError(f"{what} {' '.join(specs)} holds no samples with images: check the annotation file "
-                         "and that its images exist (--images DIR)")
-    return records
-
-
-def _check_files(records, what: str) -> None:
-    """Every image / video file exists (a stat per file): a missing one fails now, not hours in."""
-    seen: set[str] = set()
-    missing = []
-    for r in records:
-        for ref in r.frames:
-            path = ref[0] if isinstance(ref, tuple) else ref
-            if path not in seen:
-                seen.add(path)
-                if not Path(path).is_file():
-                    missing.append((path, r.source))
-    if missing:
-        path, source = missing[0]
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise InputError(f"{what}: image file not found: {path} ({source}){more}: restore it, remove its annotation, "
-                         "or pass --images DIR (the folder the file names are relative to)")
-
-
-def _shared_records(specs, images_dir, what, info):
-    """Open sources on rank 0 only (API calls, file scans) and hand the records to every rank."""
-    result = None
-    if info.is_main:
-        try:
-            result = ("ok", _open_records(specs, images_dir, what))
-        except ClipvisError as e:
-            result = ("error", str(e))
-    result = D.broadcast_object(result)
-    if result[0] == "error":
-        raise InputError(result[1])
-    return result[1]
-
-
 def _resume_state(req: TrainRequest, resolved) -> tuple[dict | None, Path | None]:
     out = Path(req.output)
     last = ckpt.latest_checkpoint(out)
@@ -150,59 +106,6 @@ def _resume_state(req: TrainRequest, resolved) -> tuple[dict | None, Path | None
     state = ckpt.load_training_checkpoint(last)
     ckpt.check_resume_architecture(last, state, resolved.config, req.init)
     return state, last
-
-
-class _Failed:
-    """A sample that could not be loaded, passed through the loader so the main process can say why."""
-
-    def __init__(self, message: str):
-        self.message = message
-
-
-class _EpochIndexed(torch.utils.data.Dataset):
-    """Dataset keyed by (epoch, index): augmentation draws depend on both, in any worker."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        epoch, index = key
-        try:
-            self.dataset.set_epoch(epoch)
-            return self.dataset[index]
-        except (ClipvisError, ValueError, OSError) as e:
-            return _Failed(str(e).splitlines()[0] if str(e) else type(e).__name__)
-
-
-class _SafeCollate:
-    def __init__(self, collate):
-        self.collate = collate
-
-    def __call__(self, samples):
-        for s in samples:
-            if isinstance(s, _Failed):
-                return s
-        try:
-            return self.collate(samples)
-        except ValueError as e:
-            return _Failed(str(e).splitlines()[0])
-
-
-def _loader(records, cfg: TrainConfig, model_cfg, start_step: int, info: D.DistInfo):
-    from .data import TrainDataset
-    from .targets import Collator
-
-    dataset = _EpochIndexed(TrainDataset(records, cfg.augment, seed=cfg.seed))
-    sampler = D.StepShardSampler(len(records), cfg.seed, cfg.batch_size, start_step, cfg.max_iter, info)
-    micro = cfg.batch_size // (info.world_size * cfg.grad_accum)
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=micro, sampler=sampler, num_workers=cfg.num_workers,
-        collate_fn=_SafeCollate(Collator.from_model_config(model_cfg)),
-        generator=torch.Generator().manual_seed(cfg.seed),  # never touches the global RNG
-        persistent_workers=False, prefetch_factor=2 if cfg.num_workers else None)
 
 
 def _rng_state(sampler: PointSampler, info: D.DistInfo) -> dict:
@@ -251,10 +154,10 @@ def _train(req: TrainRequest, info: D.DistInfo, device: torch.device) -> TrainRe
     resolved = resolve_checkpoint(req.init)
     resumed, resumed_path = _resume_state(req, resolved)  # before building: an architecture mismatch fails fast
     model = load_model(resolved, device)
-    records = _shared_records(req.data, req.images_dir, "--data", info) + list(req.records or [])
+    records = shared_records(req.data, req.images_dir, "--data", info) + list(req.records or [])
     if not records:
         raise InputError("nothing to train on: pass --data SOURCE (a COCO / YTVIS JSON, fiftyone:..., labelstudio:...)")
-    val_records = _shared_records(req.val, req.images_dir, "--val", info) if req.val else []
+    val_records = shared_records(req.val, req.images_dir, "--val", info) if req.val else []
 
     if resumed is not None:
         model.load_state_dict(ckpt.model_state(resumed["model"]), strict=True)
@@ -289,7 +192,7 @@ def _train(req: TrainRequest, info: D.DistInfo, device: torch.device) -> TrainRe
         train_module = DistributedDataParallel(fwd, device_ids=[device] if device.type == "cuda" else None)
     criterion = SetCriterion(cfg.loss, model.cfg.decoder.dec_layers - 1)
     metrics = MetricsWriter(out, enabled=info.is_main, resume_step=start if resumed is not None else None)
-    loader = _loader(records, cfg, model.cfg, start, info)
+    loader = build_loader(records, cfg, model.cfg, start, info)
 
     def trainer_state(steps_done: int) -> dict:
         rng = _rng_state(sampler, info)  # collective: every rank calls it
@@ -359,7 +262,7 @@ def _one_step(step, batches, module, criterion, sampler, optimizer, scaler, amp,
     terms: dict[str, torch.Tensor] = {}
     for micro in range(cfg.grad_accum):
         batch = next(batches)
-        if isinstance(batch, _Failed):
+        if isinstance(batch, Failed):
             raise InputError(f"{batch.message}")
         batch = batch.to(device)
         last = micro == cfg.grad_accum - 1
