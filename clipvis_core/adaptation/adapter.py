@@ -114,9 +114,9 @@ class ClassifierAdapter:
             raise InputError(f"adapter file {p} not found: create one with `clipvis adapt --data ... --output {p.name}`")
         try:
             d = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:  # the unpickler raises anything on a foreign or damaged file
-            raise InputError(f"cannot read adapter {p} ({str(e).splitlines()[0][:80]}): "
-                             "it is not a clipvis adapter file; rebuild it with `clipvis adapt`") from None
+        except Exception:  # the unpickler raises anything on a foreign or damaged file
+            raise InputError(f"cannot read adapter {p}: it is not a clipvis adapter file (or it is damaged); "
+                             "rebuild it with `clipvis adapt`") from None
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise InputError(f"{p} is not a clipvis adapter file: rebuild it with `clipvis adapt`")
         if d.get("version") != VERSION:

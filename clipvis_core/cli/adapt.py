@@ -66,8 +66,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         r = adapter.report
         with_examples = sum(1 for n in adapter.counts if n)
+        pooled = ", ".join(f"{n} {how}{'es' if how == 'box' and n != 1 else '' if n == 1 or how == 'box' else 's'}"
+                           for how, n in sorted(r["pooled_from"].items()))
         print(f"{r['examples']} instances, {with_examples}/{len(adapter.vocabulary)} classes with examples "
-              f"(pooled over {r['pooled_from']}); left out: {r['conflicting_left_out']} with conflicting labels, "
+              f"(frames pooled over: {pooled}); left out: {r['conflicting_left_out']} with conflicting labels, "
               f"{r['unlabelled_left_out']} unlabelled", file=sys.stderr)
         if r["added_classes"]:
             print(f"added to the vocabulary: {', '.join(r['added_classes'])}", file=sys.stderr)

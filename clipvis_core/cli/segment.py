@@ -121,10 +121,13 @@ def run(args: argparse.Namespace) -> int:
     from ..builtin_vocabularies import resolve_vocabulary
 
     _check_paths(args)
-    if args.adapter and not (args.classes or args.vocab_file or args.vocab):
+    adapter = None
+    if args.adapter:  # read now: a missing or foreign file fails before the model loads
         from ..adaptation import load_adapter
 
-        vocabulary, merges = load_adapter(args.adapter).vocab, []
+        adapter = load_adapter(args.adapter)
+    if adapter is not None and not (args.classes or args.vocab_file or args.vocab):
+        vocabulary, merges = adapter.vocab, []
     else:
         vocabulary, merges = resolve_vocabulary(args.classes, args.vocab_file, args.vocab).deduplicated()
     for note in merges:
@@ -139,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
                           window=args.window, score_threshold=args.score_threshold)
     seg = get_segmenter(args.checkpoint, device=args.device)
     t0 = time.perf_counter()
-    tracks = _segment_with_progress(seg, args.input, vocabulary, opts, num_frames, quiet=args.quiet, adapter=args.adapter)
+    tracks = _segment_with_progress(seg, args.input, vocabulary, opts, num_frames, quiet=args.quiet, adapter=adapter)
     elapsed = time.perf_counter() - t0
 
     if args.format == "ytvis":
