@@ -15,8 +15,10 @@ from werkzeug.exceptions import HTTPException
 
 from clipvis_core.errors import ClipvisError, InputError
 
+from .learning import EVENTS as LEARN_EVENTS
+from .learning import Learner, LearningOff, LearnSettings
 from .model import ConfigTooLarge
-from .projects import HostRefused, NotSetUp, Projects
+from .projects import HostRefused, NotSetUp, Projects, project_key
 from .settings import BackendSettings
 from .strategies import ConfigError
 
@@ -24,7 +26,8 @@ log = logging.getLogger("clipvis.labelstudio")
 
 OPEN_PATHS = ("/health", "/")
 MAX_BODY_BYTES = 64 << 20  # /predict batches carry task data, not media
-STATUS = ((ConfigTooLarge, 413), (ConfigError, 422), (HostRefused, 403), (NotSetUp, 409), (InputError, 400))
+STATUS = ((ConfigTooLarge, 413), (ConfigError, 422), (HostRefused, 403), (NotSetUp, 409), (LearningOff, 409),
+          (InputError, 400))
 
 
 def _error(status: int, detail: str, headers: dict | None = None):
@@ -51,9 +54,10 @@ def _authorized(settings: BackendSettings) -> bool:
     return user_ok & pass_ok
 
 
-def create_app(settings: BackendSettings | None = None) -> Flask:
+def create_app(settings: BackendSettings | None = None, learn: LearnSettings | None = None) -> Flask:
     settings = settings or BackendSettings.from_env()
-    projects = Projects(settings)
+    learner = Learner(learn or LearnSettings.from_env(), settings.checkpoint)
+    projects = Projects(settings, learner)
     app = Flask("clipvis.labelstudio")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
 
@@ -106,6 +110,8 @@ def create_app(settings: BackendSettings | None = None) -> Flask:
     def webhook():
         data = _body()
         event = data.get("action")
+        if event in LEARN_EVENTS:
+            return learn(event, data.get("project") if isinstance(data.get("project"), dict) else {})
         if event != "TASKS_CREATED":
             return jsonify({"event": event, "status": "ignored"}), 201  # pre-annotation only: nothing to train
         project = data.get("project") if isinstance(data.get("project"), dict) else {}
@@ -115,6 +121,42 @@ def create_app(settings: BackendSettings | None = None) -> Flask:
         model = projects.model(project, project.get("label_config"))
         queued = model.enqueue([t for t in tasks if isinstance(t, dict) and "id" in t])
         return jsonify({"event": event, "status": "queued", "tasks": queued}), 201
+
+    def learn(event: str, project: dict):
+        """Annotation events and "Start training": schedule a learning round, return at once."""
+        if not learner.settings.enabled:
+            if event == "START_TRAINING":
+                raise LearningOff("this backend does not learn from corrections: start it with CLIPVIS_LEARN=1")
+            return jsonify({"event": event, "status": "ignored",
+                            "detail": "learning from corrections is off (CLIPVIS_LEARN=1 turns it on)"}), 201
+        model = projects.model(project, project.get("label_config"))
+        key = project_key(project)
+        url, token = projects.credentials(project)
+        learner.schedule(key, model.line, url, token, model.targets, immediate=event == "START_TRAINING")
+        body = {"event": event, "line": model.line, "model_version": model.model_version, **learner.status(key)}
+        if event == "START_TRAINING" and body["jobs"]:
+            body["job"] = next(iter(body["jobs"].values()))["id"]  # Label Studio polls /job_status with it
+        return jsonify(body), 201
+
+    @app.route("/is_training", methods=["GET", "POST"])
+    def is_training():
+        project = request.args.get("project") or (request.get_json(silent=True) or {}).get("project")
+        key = project_key(project)
+        body = {"project": key, **learner.status(key)}
+        url = projects.credentials(key)[0]
+        line = projects.line(key, url) if url else None
+        if line:
+            from clipvis_core.versions import ModelLine
+
+            body["line"], body["current"] = line, ModelLine.open(line).current().version
+        return jsonify(body)
+
+    @app.post("/job_status")
+    def job_status():
+        state = learner.job_status(str(_body().get("job") or ""))
+        if state is None:
+            return _error(410, "no such learning job in this backend process")
+        return jsonify({"job_status": state})
 
     @app.route("/versions", methods=["GET", "POST"])
     def versions():

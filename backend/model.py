@@ -81,6 +81,7 @@ class TaskJob:
     parts: list[tuple[list[Target], Future]]
     lock: threading.Lock = field(default_factory=threading.Lock)
     state: str = "waiting"  # waiting -> delivered | deferred -> pushed
+    version: str = ""  # the model version that computes it (a model line may move on meanwhile)
 
     @property
     def done(self) -> bool:
@@ -89,10 +90,11 @@ class TaskJob:
 
 class ClipvisBackend:
     """``ls_url`` is the pinned Label Studio origin (media, pushes, token refresh); ``access_token``
-    the token Label Studio handed over at ``/setup`` (``LABEL_STUDIO_API_KEY`` wins)."""
+    the token Label Studio handed over at ``/setup`` (``LABEL_STUDIO_API_KEY`` wins); ``line`` the
+    project's model line when it learns from corrections (``backend.learning``)."""
 
     def __init__(self, label_config: str | None, settings: BackendSettings, ls_url: str | None = None,
-                 access_token: str | None = None):
+                 access_token: str | None = None, line: str | None = None):
         self.settings = settings
         self.label_config = label_config
         self.parsed_label_config = parse_label_config(label_config, settings)
@@ -102,11 +104,16 @@ class ClipvisBackend:
             raise
         except InputError as e:  # e.g. a blank synonym: still the config's fault (422)
             raise ConfigError(f"labeling config: {e}") from None
-        self.model_version = f"{checkpoint_name(self.settings.checkpoint)}-{vocabulary_hash(self.targets)}"
-        if self.settings.adapter:  # a new adapter is a new version: Label Studio asks for fresh predictions
+        self.line = line
+        self._vocab = vocabulary_hash(self.targets)
+        if line:
+            self._fixed_version = ""
+        else:
+            self._fixed_version = f"{checkpoint_name(self.settings.checkpoint)}-{self._vocab}"
+        if self.settings.adapter and not line:  # a new adapter is a new version: fresh predictions
             from clipvis_core.adaptation import load_adapter
 
-            self.model_version += f"-{load_adapter(self.settings.adapter).digest()}"
+            self._fixed_version += f"-{load_adapter(self.settings.adapter).digest()}"
         self.ls_url = (ls_url or "").rstrip("/") or None
         self.access_token = access_token
         self.auth = LabelStudioAuth(self.ls_url, self.settings.api_key or access_token)
@@ -114,6 +121,20 @@ class ClipvisBackend:
                                     document_root=self.settings.document_root,
                                     max_bytes=self.settings.max_media_bytes,
                                     max_seconds=self.settings.max_media_seconds, cache_dir=self.settings.cache_dir)
+
+    def serving(self) -> tuple[str, str | None, str]:
+        """(checkpoint spec, adapter, model version) served now. A model line's promotion changes all
+        three, so Label Studio sees a new ``model_version`` and asks for fresh predictions."""
+        if not self.line:
+            return self.settings.checkpoint, self.settings.adapter, self._fixed_version
+        from clipvis_core.versions import ModelLine
+
+        _, adapter, name = ModelLine.open(self.line).serving()  # name: "<line>@vN"
+        return f"line:{name}", adapter, f"{name}-{self._vocab}"
+
+    @property
+    def model_version(self) -> str:
+        return self.serving()[2]
 
     # -- requests ---------------------------------------------------------------------------------
     def options(self) -> tuple[tuple[str, object], ...]:
@@ -133,6 +154,7 @@ class ClipvisBackend:
             groups[(t.data_key, t.kind, t.prompts)].append(t)
         task = task if isinstance(task, dict) else {"id": None, "data": task}
         data = task.get("data")
+        checkpoint, adapter, version = self.serving()
         parts = []
         for (key, kind, prompts), targets in groups.items():
             try:
@@ -144,14 +166,13 @@ class ClipvisBackend:
                                        f"${key}; import tasks with that field (or change value=\"${key}\")")
                 if not isinstance(value, str):
                     raise MediaRefused(f"task {task.get('id')}: '{key}' must be a media URL (a string)")
-                fut = runner.start(runner.Request(value, kind, prompts, self.settings.checkpoint, self.options(),
-                                                  self.settings.adapter),
+                fut = runner.start(runner.Request(value, kind, prompts, checkpoint, self.options(), adapter),
                                    self.fetcher)
             except Exception as e:  # this task fails, the batch goes on
                 fut = Future()
                 fut.set_exception(e)
             parts.append((targets, fut))
-        return TaskJob(task, parts)
+        return TaskJob(task, parts, version=version)
 
     def prediction(self, job: TaskJob) -> dict:
         """The finished task's Label Studio prediction (raises the job's error if it failed)."""
@@ -163,7 +184,7 @@ class ClipvisBackend:
                                         self.settings.keyframe_tolerance))
         scores = [r["score"] for r in result]
         return {"result": result, "score": sum(scores) / len(scores) if scores else 0.0,
-                "model_version": self.model_version}
+                "model_version": job.version or self.model_version}
 
     # -- /predict ---------------------------------------------------------------------------------
     def predict(self, tasks: list) -> tuple[list, list[dict]]:
@@ -209,7 +230,7 @@ class ClipvisBackend:
             pred = self.prediction(job)
             client = self.client()
             # A webhook job and a /predict call may both finish one task: store it once.
-            if any(p.get("model_version") == self.model_version for p in client.predictions(job.task["id"])):
+            if any(p.get("model_version") == pred["model_version"] for p in client.predictions(job.task["id"])):
                 return
             client.create_prediction(job.task["id"], pred)
             log.info("pushed prediction for task %s (%d regions)", job.task["id"], len(pred["result"]))
@@ -220,4 +241,4 @@ class ClipvisBackend:
         return LabelStudioClient(self.ls_url, None, auth=self.auth)
 
     def fit(self, *args, **kwargs):
-        return {}  # pre-annotation only: annotations do not train this model
+        return {}  # learning from corrections is backend.learning's, driven by /webhook events

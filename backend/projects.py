@@ -46,15 +46,17 @@ def project_key(project) -> str:
 
 
 class Projects:
-    def __init__(self, settings: BackendSettings):
+    def __init__(self, settings: BackendSettings, learner=None):
         self.settings = settings
+        self.learner = learner  # backend.learning.Learner when CLIPVIS_LEARN is on
         self._lock = threading.Lock()
         self._pins: dict[str, Pin] = {}
 
     def setup(self, project, label_config, hostname, token) -> ClipvisBackend:
         key = project_key(project)
         url = self._pinned_url(key, hostname)
-        model = ClipvisBackend(label_config, self.settings, ls_url=url, access_token=token or None)
+        model = ClipvisBackend(label_config, self.settings, ls_url=url, access_token=token or None,
+                               line=self.line(key, url))
         with self._lock:
             current = self._pins.get(key)
             if current is not None and current.url and url and origin(current.url) != origin(url):
@@ -94,11 +96,31 @@ class Projects:
             pin = Pin(self.settings.ls_url, None)
         if pin.model is not None and (not label_config or label_config == pin.model.label_config):
             return pin.model
-        model = ClipvisBackend(label_config, self.settings, ls_url=pin.url, access_token=pin.token)
+        model = ClipvisBackend(label_config, self.settings, ls_url=pin.url, access_token=pin.token,
+                               line=self.line(key, pin.url))
         with self._lock:
             if self._pins.get(key) is pin or key not in self._pins:
                 self._pins[key] = Pin(pin.url, pin.token, model)
         return model
+
+    def line(self, key: str, url: str | None) -> str | None:
+        """The project's model line (created from the configured checkpoint on first use), or None
+        when the backend does not learn from corrections."""
+        if self.learner is None or not self.learner.settings.enabled:
+            return None
+        from .learning import line_name
+
+        name = line_name(url, key)
+        self.learner.ensure_line(name)
+        return name
+
+    def credentials(self, project) -> tuple[str | None, str | None]:
+        """(pinned Label Studio URL, API token) for reading the project's annotations."""
+        key = project_key(project)
+        with self._lock:
+            pin = self._pins.get(key)
+        url = self.settings.ls_url or (pin.url if pin else None)
+        return url, self.settings.api_key or (pin.token if pin else None)
 
     def versions(self) -> list[str]:
         with self._lock:

@@ -41,6 +41,7 @@ class FinetuneRequest:
     quiet: bool = True
     progress: Callable | None = None
     should_stop: Callable[[], bool] | None = None
+    records: list | None = None  # corrections the caller already opened (``data`` then only names them)
 
 
 @dataclass
@@ -113,7 +114,8 @@ def finetune(req: FinetuneRequest) -> FinetuneOutcome:
         raise InputError(f"held-out share {req.held_out}: use a fraction between 0 and 1 (e.g. 0.25)")
     line = ModelLine.open(req.line)
     parent = line.current()
-    records = [r for spec in req.data for r in open_source(spec, images_dir=req.images_dir)]
+    records = list(req.records) if req.records is not None else \
+        [r for spec in req.data for r in open_source(spec, images_dir=req.images_dir)]
     records = [r for r in records if mask_count(r)]
     if not records:
         raise InputError(f"{' '.join(req.data)} holds no corrected masks: submit annotations with masks (brush / polygons) first")

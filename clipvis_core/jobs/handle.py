@@ -178,6 +178,10 @@ def _celery_status(h: JobHandle) -> JobStatus:
     if state == "PROGRESS" and isinstance(info, dict):
         return JobStatus(state, int(info.get("frames_done", 0)), info.get("frames_total"), float(info.get("fps", 0.0)),
                          step=int(info.get("step", 0)), steps_total=info.get("steps_total"), loss=info.get("loss"))
+    if state == "SUCCESS" and isinstance(info, dict) and "outcome" in info:  # a learning round
+        import json
+
+        return JobStatus(state, result=json.dumps(info["outcome"]))
     if state == "SUCCESS" and isinstance(info, dict) and info.get("card"):
         return JobStatus(state, result=str(info["card"]))  # a training job: its model card
     if state in ("FAILURE", "RETRY") and isinstance(info, BaseException):

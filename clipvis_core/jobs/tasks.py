@@ -46,6 +46,9 @@ def register(app) -> None:
     from . import train_task
 
     train_task.register(app)  # training jobs: their own task on the "<queue>.train" queue
+    from . import learn_task
+
+    learn_task.register(app)  # learning rounds (fine-tune / adapt a model line), same queue
     # Sent in each pool process (and by the solo pool): the model is built there, never in a parent.
     worker_process_init.connect(lambda **_: warm_up(), weak=False)
 

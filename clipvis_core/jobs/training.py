@@ -201,7 +201,7 @@ class _LocalTrainRunner:
             if stop():
                 raise JobCancelled(f"job {h.id} was cancelled")
             h.store.write_status(h.id, JobStatus("STARTED").to_dict())
-            card = run_train_job(spec, progress, stop)
+            card = self.execute(spec, progress, stop)
             h.store.write_status(h.id, JobStatus("SUCCESS", result=str(card)).to_dict())
         except JobCancelled as e:
             h.store.write_status(h.id, JobStatus("REVOKED", error=str(e)).to_dict())
@@ -210,6 +210,10 @@ class _LocalTrainRunner:
         finally:
             with self.lock:
                 self.by_key.pop(h.key, None)
+
+    def execute(self, spec, progress, should_stop) -> object:
+        """The job's work; its result becomes the status' ``result`` (learning rounds override it)."""
+        return run_train_job(spec, progress, should_stop)
 
     def cancel(self, job_id: str) -> bool:
         event = self.events.get(job_id)
