@@ -103,6 +103,8 @@ class MSDeformAttn(nn.Module):
         shapes = torch.as_tensor(spatial_shapes, dtype=query.dtype, device=query.device)
         normalizer = torch.stack([shapes[:, 1], shapes[:, 0]], -1)  # (w, h)
         locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-        core = ms_deform_attn_bag if self.impl == "bag" else ms_deform_attn_grid_sample
+        # Training: embedding_bag's backward with per-sample weights is ~2x slower than grid_sample's.
+        fast = self.impl == "bag" and not (torch.is_grad_enabled() and value.requires_grad)
+        core = ms_deform_attn_bag if fast else ms_deform_attn_grid_sample
         out = core(value, spatial_shapes, locations, attn)
         return self.output_proj(out)
