@@ -6,6 +6,8 @@ load travels through the loader as ``Failed`` so the main process can stop with 
 """
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 import torch
@@ -112,8 +114,10 @@ def build_loader(records, cfg: TrainConfig, model_cfg, start_step: int, info: D.
     dataset = _EpochIndexed(base)
     sampler = D.StepShardSampler(len(records), cfg.seed, cfg.batch_size, start_step, cfg.max_iter, info)
     micro = cfg.batch_size // (info.world_size * cfg.grad_accum)
+    # More decoding processes than cores per training process only contend (and torch warns).
+    workers = max(0, min(cfg.num_workers, (os.cpu_count() or 1) // info.world_size))
     return torch.utils.data.DataLoader(
-        dataset, batch_size=micro, sampler=sampler, num_workers=cfg.num_workers,
+        dataset, batch_size=micro, sampler=sampler, num_workers=workers,
         collate_fn=_SafeCollate(Collator.from_model_config(model_cfg)),
         generator=torch.Generator().manual_seed(cfg.seed),  # never touches the global RNG
-        persistent_workers=False, prefetch_factor=2 if cfg.num_workers else None)
+        persistent_workers=False, prefetch_factor=2 if workers else None)
