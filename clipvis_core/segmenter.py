@@ -6,7 +6,6 @@ grow with the video. Results equal upstream's whole-video algorithm.
 """
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from .errors import InputError
 from .instances import InstanceTrace, build_tracks
 from .matching import MatchRecord, TemporalMatcher
+from .precision import autocast, check_precision
 from .preprocess import geometry, prepare_frames
 from .scoring import VideoScores, frame_class_logits, select_instances
 from .store import FrameStore, OutputGeometry
@@ -38,6 +38,7 @@ class SegmentOptions:
     detections: int | None = None  # instances kept per video; None = model config
     score_threshold: float = 0.0  # drop tracks scoring below this
     output_size: tuple[int, int] | None = None  # (h, w) of output masks; None = decoded frame size
+    precision: str = "fp32"  # network forward: fp32, or bf16 / fp16 autocast (precision.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -160,6 +161,7 @@ class Segmenter:
 
     def _run(self, source, vocab: Vocabulary, opts: SegmentOptions, trace: SegmentTrace | None, adapter=None):
         cfg, inf = self.cfg, self.cfg.inference
+        check_precision(opts.precision, self.device.type)  # before any decoding
         info, frames, close = _frames_source(source, opts)
         try:
             if info.num_frames == 0:
@@ -182,7 +184,7 @@ class Segmenter:
             with FrameStore(shapes, OutputGeometry(geom.padded_hw, geom.image_hw, out_hw), keep_raw=trace is not None) as store:
                 for batch in _windows(frames, window):
                     x = prepare_frames(batch, geom, mean, std, self.device)
-                    with torch.inference_mode(), self._autocast():
+                    with torch.inference_mode(), self._autocast(opts.precision):
                         out = self.model.forward_frames(x)
                     for i in range(len(batch)):
                         with torch.inference_mode():  # not held across the yield
@@ -232,8 +234,9 @@ class Segmenter:
         3.3 s/frame in upstream's windows of 10, whose activations overflow the caches)."""
         return self.cfg.inference.window if self.device.type == "cuda" else 1
 
-    def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.float16) if self.autocast else contextlib.nullcontext()
+    def _autocast(self, precision: str):
+        # ``autocast=True`` at load time is the older spelling of fp16 on CUDA.
+        return autocast("fp16" if self.autocast and precision == "fp32" else precision, self.device)
 
 
 def _windows(frames, size: int):
