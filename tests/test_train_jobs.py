@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from clipvis_core.jobs import JobCancelled, JobHandle, JobSettings
+from clipvis_core.jobs import JobCancelled, JobHandle, JobSettings, JobSpec, submit
 from clipvis_core.jobs.training import TrainJobSpec, submit_train
 from clipvis_core.training import checkpointing as ckpt
 from clipvis_core.training.metrics import read_metrics
 from clipvis_core.weights import load_model, resolve_checkpoint
 from shapes_data import write_ytvis
 from train_helpers import random_tiny_card, small_config
+from videogen import make_video
 
 pytestmark = pytest.mark.training
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +67,10 @@ def test_in_process_job_progress_cancel_resume(data, tmp_path, monkeypatch):
     assert card == out / "model_card.json"
     assert [r["step"] for r in read_metrics(out)] == list(range(1, stopped + 3))
     load_model(resolve_checkpoint(str(card)))  # strict
+    # The trained card is a checkpoint for segmentation jobs too.
+    video = make_video(tmp_path / "clip.mp4", num_frames=3, height=64, width=64)
+    tracks = submit(JobSpec(media=str(video), vocabulary=["object"], checkpoint=str(card))).wait(timeout=300)
+    assert tracks.video.num_frames == 3 and tracks.model.startswith("run@")
 
 
 def test_submit_train_cli_in_process(data, tmp_path):
