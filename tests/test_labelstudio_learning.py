@@ -1,0 +1,335 @@
+"""Learning from corrections with a real Label Studio: annotators' brush masks, submitted through
+the API the way the editor's Submit does, reach the backend as webhooks; debounced rounds run as
+jobs (in-process, and on real Celery workers); the project's model_version moves only on promotion.
+
+Images are generated shapes (disc / box / triangle) with exact masks; the model is the fixture's
+tiny checkpoint, whose text embeddings cannot tell the classes apart."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import redis
+import requests
+from shapes_data import shapes_video
+from test_backend_helpers import free_port, stop, wait_http
+from test_labelstudio_e2e import BASIC, TOKEN, _connect
+
+from backend.brush import mask_to_rle
+from clipvis_core.training.data.masks import decode_brush_rle
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <BrushLabels name="brush" toName="image"><Label value="disc"/><Label value="box"/><Label value="triangle"/></BrushLabels>
+</View>"""
+H, W = 64, 96
+FAST = {"loss": {"num_points": 1024}, "augment": {"video_min_sizes": [64], "video_max_size": 128}, "num_workers": 0}
+AUTH = BASIC
+
+
+def make_images(d: Path, n: int, seed: int) -> list[tuple[Path, np.ndarray, list[str]]]:
+    """n generated images: (png, masks [N, H, W], class names)."""
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        frames, masks, kinds = shapes_video(rng, 1, H, W)
+        p = d / f"s{seed}-{i:02d}.png"
+        cv2.imwrite(str(p), cv2.cvtColor(frames[0], cv2.COLOR_RGB2BGR))
+        out.append((p, masks[:, 0], kinds))
+    return out
+
+
+def import_images(ls, project: int, images) -> dict[int, tuple]:
+    """Upload the images as tasks; task id -> (png, masks, kinds)."""
+    before = {t["id"] for t in ls.api("GET", "/api/tasks", params={"project": project, "page_size": 1000})["tasks"]}
+    handles = [open(p, "rb") for p, _, _ in images]
+    try:
+        ls.api("POST", f"/api/projects/{project}/import",
+               files=[(f"file{i}", (p.name, f, "image/png")) for i, ((p, _, _), f) in enumerate(zip(images, handles))])
+    finally:
+        for f in handles:
+            f.close()
+    by_name = {p.name: item for item in images for p in [item[0]]}
+    tasks = {}
+    for t in ls.api("GET", "/api/tasks", params={"project": project, "page_size": 1000})["tasks"]:
+        if t["id"] not in before:
+            name = next(n for n in by_name if t["data"]["image"].endswith(n))
+            tasks[t["id"]] = by_name[name]
+    assert len(tasks) == len(images)
+    return tasks
+
+
+def submit_annotation(ls, task: int, masks: np.ndarray, kinds: list[str]) -> None:
+    """What the editor's Submit posts: brush regions (LS RLE) with their labels."""
+    result = [{"id": uuid.uuid4().hex[:10], "from_name": "brush", "to_name": "image", "type": "brushlabels",
+               "original_width": W, "original_height": H, "image_rotation": 0,
+               "value": {"format": "rle", "rle": mask_to_rle(m), "brushlabels": [k]}}
+              for m, k in zip(masks, kinds) if m.any()]
+    ls.api("POST", f"/api/tasks/{task}/annotations/", json={"result": result, "lead_time": 4.2, "task": task})
+
+
+def agreement(preds: list[dict], masks: np.ndarray, kinds: list[str]) -> tuple[list[float], list[bool]]:
+    """Per annotated instance: best IoU over the predicted brush masks and whether that region's label is right."""
+    regions = [(decode_brush_rle(r["value"]["rle"], H, W).astype(bool), r["value"]["brushlabels"][0])
+               for r in preds if r["type"] == "brushlabels"]
+    ious, right = [], []
+    for m, k in zip(masks, kinds):
+        if not m.any():
+            continue
+        scores = [(np.logical_and(m, p).sum() / max(np.logical_or(m, p).sum(), 1), lab) for p, lab in regions]
+        iou, lab = max(scores, default=(0.0, None))
+        ious.append(float(iou))
+        right.append(lab == k)
+    return ious, right
+
+
+def backend_env(tiny_card, base: Path, ls_url: str, **extra) -> dict:
+    config = base / "learn_config.json"
+    config.write_text(json.dumps(FAST))
+    env = dict(os.environ, CLIPVIS_CHECKPOINT=str(tiny_card), CLIPVIS_CACHE_DIR=str(base / "cache"),
+               CLIPVIS_RESULTS_DIR=str(base / "results"), CLIPVIS_MODELS_DIR=str(base / "models"),
+               CLIPVIS_SCORE_THRESHOLD="0", CLIPVIS_MIN_SIZE="64", CLIPVIS_MAX_SIZE="96", CLIPVIS_DEVICE="cpu",
+               PYTHONPATH=str(ROOT), BASIC_AUTH_USER=BASIC[0], BASIC_AUTH_PASS=BASIC[1], LABEL_STUDIO_URL=ls_url,
+               LABEL_STUDIO_API_KEY=TOKEN, CLIPVIS_LEARN="1", CLIPVIS_LEARN_DEBOUNCE="2", CLIPVIS_LEARN_MIN_NEW="4",
+               CLIPVIS_LEARN_STEPS="40", CLIPVIS_LEARN_BATCH_SIZE="4", CLIPVIS_LEARN_LR="0.001",
+               CLIPVIS_LEARN_CONFIG=str(config), CLIPVIS_PROGRESS_INTERVAL="0.1", OMP_NUM_THREADS="2")
+    env.pop("CLIPVIS_BROKER_URL", None)
+    env.update(extra)
+    return env
+
+
+class Served:
+    """``clipvis labelstudio serve`` (gunicorn) as a process we can also SIGKILL."""
+
+    def __init__(self, env: dict, log: Path):
+        self.env, self.log, self.port = env, log, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.start()
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "clipvis_core", "labelstudio", "serve", "--port",
+                                          str(self.port), "--budget", "30", "--threads", "8"], cwd=ROOT, env=self.env,
+                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_http(self.url + "/health", self.proc, self.log, timeout=90)
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)  # the process group we started: a crash, no cleanup
+        self.proc.wait()
+
+    def training(self, project: int) -> dict:
+        r = requests.get(self.url + "/is_training", params={"project": project}, auth=AUTH, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait_idle(self, project: int, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.training(project)
+            if not st["is_training"] and st["jobs"]:
+                return st
+            time.sleep(1)
+        pytest.fail(f"learning of project {project} not done after {timeout:.0f}s: {st}\n{self.log.read_text()[-3000:]}")
+
+
+def new_project(ls, title: str) -> int:
+    return ls.api("POST", "/api/projects", json={"title": title, "label_config": CONFIG})["id"]
+
+
+def start_training(ls, project: int) -> None:
+    """The project's "Start training" button (Settings > Model)."""
+    (ml,) = ls.api("GET", "/api/ml", params={"project": project})
+    r = requests.post(f"{ls.url}/api/ml/{ml['id']}/train", headers={"Authorization": f"Token {TOKEN}"}, timeout=120)
+    assert r.status_code == 200, r.text[:300]
+
+
+# -- in-process jobs: empty project, debounce, a crash mid fine-tune ---------------------------------
+@pytest.fixture(scope="module")
+def local_backend(label_studio, tiny_card, tmp_path_factory):
+    base = tmp_path_factory.mktemp("learn-local")
+    # 4000 steps: still running when killed; 5 s debounce: longer than submitting 4 annotations
+    env = backend_env(tiny_card, base, label_studio.url, CLIPVIS_LEARN_STEPS="4000", CLIPVIS_LEARN_DEBOUNCE="5")
+    served = Served(env, base / "backend.log")
+    yield served, base
+    stop(served.proc)
+
+
+def test_start_training_on_an_empty_project_says_so_and_promotes_nothing(label_studio, local_backend):
+    ls, (backend, base) = label_studio, local_backend
+    project = new_project(ls, "learn empty")
+    version = _connect(ls, project, backend.url)
+    assert "@v0-" in version  # served from the project's model line, started from the checkpoint
+    start_training(ls, project)
+    st = backend.wait_idle(project, timeout=120)
+    assert st["current"] == "v0"
+    for kind in ("finetune", "adapt"):
+        out = st["jobs"][kind]["outcome"]
+        assert out["status"] == "skipped" and f"labelstudio:{project} has no submitted" in out["reason"], out
+    line = st["line"]
+    assert not (base / "models" / line / "versions" / "v1").exists()
+    r = requests.post(backend.url + "/setup", auth=AUTH, timeout=30,
+                      json={"project": f"{project}.1", "schema": CONFIG, "hostname": label_studio.url})
+    assert r.json()["model_version"] == version
+
+
+def test_debounced_round_and_a_crash_mid_finetune_leave_the_model_untouched(label_studio, local_backend, tmp_path):
+    ls, (backend, base) = label_studio, local_backend
+    project = new_project(ls, "learn crash")
+    version = _connect(ls, project, backend.url)
+    tasks = import_images(ls, project, make_images(tmp_path, 4, seed=11))
+    for task, (_, masks, kinds) in tasks.items():
+        submit_annotation(ls, task, masks, kinds)  # each fires ANNOTATION_CREATED at the backend
+    deadline = time.monotonic() + 30
+    while (st := backend.training(project))["events"] < len(tasks):
+        assert time.monotonic() < deadline, st
+        time.sleep(0.2)
+    assert st["state"] == "scheduled" and st["jobs"] == {}, st  # debounced: nothing submitted yet
+    deadline = time.monotonic() + 120
+    while not ((j := backend.training(project)["jobs"].get("finetune")) and j["state"] == "PROGRESS" and j["step"] >= 2):
+        assert time.monotonic() < deadline, backend.log.read_text()[-3000:]
+        time.sleep(0.5)
+    # another correction while the round runs: no second job, a follow-up round is scheduled instead
+    requests.post(backend.url + "/webhook", auth=AUTH, timeout=30,
+                  json={"action": "ANNOTATION_UPDATED", "project": {"id": project}}).raise_for_status()
+    time.sleep(6)  # past the debounce
+    jobs = backend.training(project)["jobs"]
+    assert jobs["finetune"]["id"] == j["id"] and jobs["finetune"]["state"] == "PROGRESS"
+    backend.kill()
+    backend.start()
+    r = requests.post(backend.url + "/setup", auth=AUTH, timeout=30,
+                      json={"project": f"{project}.1", "schema": CONFIG, "hostname": label_studio.url})
+    assert r.status_code == 200 and r.json()["model_version"] == version
+    line = backend.training(project)["line"]
+    shown = subprocess.run([sys.executable, "-m", "clipvis_core", "models", "show", line, "--json"], cwd=ROOT,
+                           env=backend.env, capture_output=True, text=True, timeout=120)
+    lineage = json.loads(shown.stdout)
+    assert lineage["current"] == "v0"
+    (crashed,) = [v for v in lineage["versions"] if v["kind"] == "finetune"]
+    assert not crashed["promoted"] and "interrupted" in crashed["reason"]
+
+
+def test_start_training_when_learning_is_off_is_409(tiny_card):
+    from backend.app import create_app
+    from backend.learning import LearnSettings
+    from backend.settings import BackendSettings
+
+    app = create_app(BackendSettings(checkpoint=str(tiny_card), ls_url="http://127.0.0.1:1"), LearnSettings(enabled=False))
+    c = app.test_client()
+    r = c.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3, "label_config": CONFIG}})
+    assert r.status_code == 409 and "CLIPVIS_LEARN=1" in r.get_json()["detail"]
+    r = c.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 3}})
+    assert r.status_code == 201 and r.get_json()["status"] == "ignored"
+
+
+# -- end to end on real Celery workers -----------------------------------------------------------
+class Worker:
+    def __init__(self, env: dict, queues: str, log: Path):
+        self.log = log
+        with open(log, "wb") as f:
+            self.proc = subprocess.Popen([sys.executable, "-m", "clipvis_core", "worker", "--pool", "solo", "--queues",
+                                          queues, "--hostname", f"{log.stem}-{uuid.uuid4().hex[:6]}@%h"],
+                                         env=env, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while " ready." not in log.read_text(errors="replace"):
+            assert self.proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def retrieve(ls, project: int, tasks) -> None:
+    """Data Manager > Retrieve predictions for ``tasks``."""
+    ls.api("POST", "/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": project},
+           json={"selectedItems": {"all": False, "included": list(tasks)}})
+
+
+def _wait_version(ls, task: int, version: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        preds = [p for p in ls.api("GET", "/api/predictions", params={"task": task}) if p["model_version"] == version]
+        if preds:
+            return preds[0]
+        time.sleep(0.5)
+    pytest.fail(f"no prediction of {version} for task {task} after {timeout:.0f}s")
+
+
+def test_corrections_improve_predictions_end_to_end_on_celery(label_studio, tiny_card, tmp_path):
+    ls, run = label_studio, uuid.uuid4().hex[:8]
+    url = f"redis://127.0.0.1:6379/{int(os.environ.get('CLIPVIS_TEST_REDIS_DB', '12'))}"
+    r = redis.Redis.from_url(url)
+    r.ping()  # fails (never skips) without Redis: scripts/start_redis.sh
+    queue = f"clipvis-learn-{run}"
+    env = backend_env(tiny_card, tmp_path, ls.url, CLIPVIS_BROKER_URL=url, CLIPVIS_RESULT_BACKEND=url,
+                      CLIPVIS_QUEUE=queue, CLIPVIS_REDIS_PREFIX=queue)
+    segment_worker = Worker(env, queue, tmp_path / "segment-worker.log")
+    backend = Served(env, tmp_path / "backend.log")
+    train_worker = None
+    try:
+        project = new_project(ls, "learn e2e")
+        v0 = _connect(ls, project, backend.url)
+        held = make_images(tmp_path / "held", 4, seed=21)
+        held_tasks = import_images(ls, project, held)
+        retrieve(ls, project, held_tasks)
+        before = [agreement(_wait_version(ls, t, v0)["result"], m, k) for t, (_, m, k) in held_tasks.items()]
+
+        train = import_images(ls, project, make_images(tmp_path / "train", 12, seed=22))
+        for task, (_, masks, kinds) in train.items():
+            submit_annotation(ls, task, masks, kinds)
+        deadline = time.monotonic() + 60
+        while (first := backend.training(project))["events"] < len(train) or len(first["jobs"]) < 2:
+            assert time.monotonic() < deadline, (first, backend.log.read_text()[-3000:])  # debounced, then queued
+            time.sleep(0.5)
+        assert first["state"] == "queued", first  # no train worker yet
+        # a fit event (here "Start training") while the round is queued: the same two jobs, nothing new
+        start_training(ls, project)
+        again = backend.training(project)
+        assert {k: j["id"] for k, j in again["jobs"].items()} == {k: j["id"] for k, j in first["jobs"].items()}
+        assert r.llen(f"{queue}.train") == 2
+
+        train_worker = Worker(env, f"{queue}.train", tmp_path / "train-worker.log")
+        t0 = time.monotonic()
+        done = backend.wait_idle(project, timeout=300)
+        outcomes = {k: j["outcome"] for k, j in done["jobs"].items()}
+        print(f"round took {time.monotonic() - t0:.1f}s: " + "; ".join(f"{k}: {o['status']} ({o['reason']})"
+                                                                        for k, o in outcomes.items()))
+        assert outcomes["finetune"]["status"] == "promoted" and outcomes["adapt"]["status"] == "promoted", outcomes
+        v_new = requests.post(backend.url + "/setup", auth=AUTH, timeout=30, json={
+            "project": f"{project}.1", "schema": CONFIG, "hostname": ls.url}).json()["model_version"]
+        assert v_new != v0 and v_new.startswith(f"{done['line']}@{outcomes['adapt']['version']}-")
+
+        fresh = import_images(ls, project, held)  # the held-out images again, as new tasks
+        retrieve(ls, project, fresh)
+        after = [agreement(_wait_version(ls, t, v_new)["result"], m, k) for t, (_, m, k) in fresh.items()]
+        iou_b, iou_a = (float(np.mean([i for x in runs for i in x[0]])) for runs in (before, after))
+        acc_b, acc_a = (float(np.mean([c for x in runs for c in x[1]])) for runs in (before, after))
+        print(f"held-out agreement {v0} -> {v_new}: mean best IoU {iou_b:.3f} -> {iou_a:.3f}, "
+              f"label accuracy {acc_b:.3f} -> {acc_a:.3f}")
+        assert iou_a > iou_b and acc_a > acc_b
+    finally:
+        for proc in (train_worker, segment_worker):
+            if proc is not None:
+                proc.stop()
+        stop(backend.proc)
+        for pattern in (f"{queue}*", f"_kombu.binding.{queue}*"):
+            for k in r.scan_iter(pattern):
+                r.delete(k)
