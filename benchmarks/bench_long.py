@@ -44,7 +44,7 @@ def moving_shapes(path: Path, frames: int, h: int, w: int) -> Path:
 def worker(args) -> None:
     import torch
 
-    from clipvis_core.export.ytvis import to_ytvis_results, write_ytvis_results
+    from clipvis_core.export.ytvis import iter_ytvis_results, write_ytvis_results
     from clipvis_core.keyframes import KeyframeOptions, sparse_keyframes
     from clipvis_core.segmenter import SegmentOptions, Segmenter
 
@@ -62,7 +62,7 @@ def worker(args) -> None:
     result = last.result
     out = Path(args.out)
     result.save(out / "tracks.json")
-    write_ytvis_results(out / "ytvis.json", to_ytvis_results(result))
+    write_ytvis_results(out / "ytvis.json", iter_ytvis_results(result))
     kopt = KeyframeOptions()
     before = after = 0
     for tr in result.tracks:

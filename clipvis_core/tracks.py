@@ -9,7 +9,7 @@ import os
 import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
@@ -110,14 +110,20 @@ class VideoTracks:
         return cls.from_dict(json.loads(text))
 
     def save(self, path: str | os.PathLike) -> Path:
-        return write_atomic(path, self.to_json())
+        """Written incrementally (same text as ``to_json``): no second copy of every mask in RAM."""
+        from .export.jsonstream import dump
+
+        shallow = {"video": {f: getattr(self.video, f) for f in VideoInfo.__dataclass_fields__}, "vocabulary": self.vocabulary,
+                   "tracks": ({f: getattr(t, f) for f in Track.__dataclass_fields__} for t in self.tracks),
+                   "model": self.model, "options": self.options, "format_version": FORMAT_VERSION}
+        return write_atomic(path, lambda f: dump(shallow, f))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "VideoTracks":
         return cls.from_json(Path(path).read_text())
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
+def write_atomic(path: str | os.PathLike, data: str | bytes | Callable[[BinaryIO], None]) -> Path:
     """Write via a temp file in the same directory + rename: readers never see half a file.
 
     Only a regular file (or nothing) is replaced: renaming over a symlink or a device node
@@ -135,7 +141,10 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
         # changed (os.umask is process-wide, racy with other threads).
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
+            if callable(data):  # a writer streaming into the file
+                data(f)
+            else:
+                f.write(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
     except BaseException as e:
         if os.path.exists(tmp):

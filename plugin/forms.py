@@ -75,6 +75,8 @@ def segment_form(ctx):
     inputs.float("score_threshold", default=0.1, label="Score threshold", description="Drop tracks below this score (0-1)")
     inputs.int("max_tracks", default=20, label="Maximum tracks per video", description="0 keeps every track")
     inputs.int("frame_stride", default=1, label="Frame stride", description="Segment every n-th frame")
+    _radio(inputs, "precision", [("fp32", "fp32 (exact)"), ("bf16", "bf16 (faster; CPU or GPU)"), ("fp16", "fp16 (GPU only)")],
+           "fp32", "Precision")
     inputs.str("label_field", default=P.DEFAULT_FIELD, label="Label field",
                description="Frame-level Detections field to write (replaced if it exists)")
     inputs.bool("store_masks", default=True, label="Store masks", view=types.CheckboxView())

@@ -27,6 +27,7 @@ class SegmentRequest:
     label_field: str
     store_masks: bool
     adapter: str | None = None  # classifier adapter file from `clipvis adapt`
+    precision: str = "fp32"  # network arithmetic (clipvis_core.precision)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,19 @@ def parse_segment(params: dict, dataset) -> SegmentRequest:
         label_field=field,
         store_masks=params.get("store_masks") is not False,  # unset / None (form untouched) -> masks
         adapter=_adapter(params.get("adapter")),
+        precision=_precision(params.get("precision")),
     )
+
+
+def _precision(value) -> str:
+    """fp32 / bf16 / fp16. fp16 is refused here when inference runs in this process without a GPU
+    (Celery workers, CLIPVIS_BROKER_URL set, check their own device when the job runs)."""
+    import os
+
+    from clipvis_core.precision import check_precision, device_type
+
+    device = None if os.environ.get("CLIPVIS_BROKER_URL") else device_type(os.environ.get("CLIPVIS_DEVICE", "auto"))
+    return check_precision(str(value or "fp32").strip(), device)
 
 
 def _adapter(value) -> str | None:

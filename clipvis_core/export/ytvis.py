@@ -6,12 +6,12 @@ only; the official evaluators expect every frame, so evaluate on stride-1 runs.
 """
 from __future__ import annotations
 
-import json
 import os
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from ..tracks import VideoTracks, write_atomic
 from ..vocabulary import Vocabulary
+from .jsonstream import dump
 
 
 def category_ids(vocabulary: Vocabulary | Sequence[str]) -> list[int]:
@@ -31,19 +31,24 @@ def _rle(rle: dict) -> dict:
             "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
 
 
-def to_ytvis_results(tracks: VideoTracks, video_id: int | str = 1,
-                     vocabulary: Vocabulary | Sequence[str] | None = None) -> list[dict]:
-    """Results for one video; pass the ``Vocabulary`` used to keep a dataset's own category ids."""
+def iter_ytvis_results(tracks: VideoTracks, video_id: int | str = 1,
+                       vocabulary: Vocabulary | Sequence[str] | None = None) -> Iterator[dict]:
+    """Results one track at a time, ``segmentations`` a generator (for ``write_ytvis_results``)."""
     ids = category_ids(vocabulary if vocabulary is not None else tracks.vocabulary)
     if len(ids) != len(tracks.vocabulary):
         raise ValueError(f"vocabulary has {len(ids)} classes but the tracks were made with {len(tracks.vocabulary)}")
-    return [
-        {"video_id": video_id, "category_id": ids[t.category_id], "score": float(t.score),
-         "segmentations": [_rle(m) for m in t.masks]}
-        for t in tracks.tracks
-    ]
+    for t in tracks.tracks:
+        yield {"video_id": video_id, "category_id": ids[t.category_id], "score": float(t.score),
+               "segmentations": (_rle(m) for m in t.masks)}
+
+
+def to_ytvis_results(tracks: VideoTracks, video_id: int | str = 1,
+                     vocabulary: Vocabulary | Sequence[str] | None = None) -> list[dict]:
+    """Results for one video; pass the ``Vocabulary`` used to keep a dataset's own category ids."""
+    return [{**r, "segmentations": list(r["segmentations"])} for r in iter_ytvis_results(tracks, video_id, vocabulary)]
 
 
 def write_ytvis_results(path: str | os.PathLike, results: Iterable[dict]) -> os.PathLike:
-    """Write a results list atomically (temp file + rename: never half a file)."""
-    return write_atomic(path, json.dumps(list(results)))
+    """Write results atomically (temp file + rename: never half a file), element by element:
+    ``iter_ytvis_results`` output streams with RAM flat in the video's length."""
+    return write_atomic(path, lambda f: dump(results, f))
