@@ -61,3 +61,29 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     b = torch.load(tmp_path / "out2" / "model_final.pth", weights_only=True)["model"]
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_gradient_accumulation_equals_one_batch(tmp_path):
+    """grad_accum=2 (two micro-batches of 1, one optimizer step) gives the gradients of one batch of 2."""
+    from clipvis_core.training.loop import TrainRequest, train
+    from ddp_train_worker import RowConstantSampler
+
+    data = write_ytvis(tmp_path / "data", 4, seed=5, name="train", num_shapes=1)
+    card = random_tiny_card(tmp_path)
+    runs = {}
+    for accum in (1, 2):
+        grads = {}
+
+        def keep(step, loss, module, grads=grads):
+            grads[step] = (loss, {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None})
+
+        train(TrainRequest([str(data)], str(card), tmp_path / f"out{accum}", small_config(batch_size=2, max_iter=STEPS,
+                                                                                           grad_accum=accum),
+                           sampler=RowConstantSampler(), on_backward=keep))
+        runs[accum] = grads
+    for step in range(1, STEPS + 1):
+        (l1, g1), (l2, g2) = runs[1][step], runs[2][step]
+        assert l2 == pytest.approx(l1, rel=1e-5)
+        floor = 1e-6 * max(g.abs().max().item() for g in g1.values())
+        for name, g in g1.items():
+            torch.testing.assert_close(g2[name], g, rtol=1e-4, atol=1e-5 * g.abs().max().item() + floor, msg=name)

@@ -91,6 +91,13 @@ def test_checkpoints_round_trip(shapes, tmp_path, ref_dir):
     assert set(final) == {"model"}
     upstream = torch.load(ref_dir / "tiny_model.pth", weights_only=True)["model"]
     assert {k: v.shape for k, v in final["model"].items()} .keys() == upstream.keys()
+    # TensorBoard scalars beside metrics.json (tensorboard is part of the [all] extra).
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run"))
+    events.Reload()
+    logged = {r["step"]: r["total_loss"] for r in read_metrics(tmp_path / "run")}
+    assert {e.step: e.value for e in events.Scalars("total_loss")} == pytest.approx(logged)
     card = json.loads(result.card.read_text())
     assert card["checkpoint"] == "model_final.pth"  # relative to the card: the run directory can move
     moved = tmp_path / "moved"
