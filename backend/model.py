@@ -144,6 +144,8 @@ class ClipvisBackend:
         for name in ("min_size", "max_size"):
             if getattr(self.settings, name):
                 opts[name] = getattr(self.settings, name)
+        if self.settings.precision != "fp32":  # absent at the default: job keys stay as they were
+            opts["precision"] = self.settings.precision
         return tuple(sorted(opts.items()))
 
     def start(self, task: dict) -> TaskJob:

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import contextlib
 
-import torch
-
 from .errors import InputError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def check_precision(precision: str, device_type: str | None = None) -> str:
@@ -26,9 +23,20 @@ def check_precision(precision: str, device_type: str | None = None) -> str:
     return precision
 
 
-def autocast(precision: str, device: torch.device):
-    """Context for the network forward: a no-op for fp32."""
+def autocast(precision: str, device):
+    """Context for the network forward on ``device`` (a torch.device): a no-op for fp32."""
+    import torch  # not at import time: the CLI reads PRECISIONS before torch is needed
+
     check_precision(precision, device.type)
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=_DTYPES[precision])
+    return torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
+
+
+def device_type(device: str) -> str:
+    """'cpu' or 'cuda' for a --device / CLIPVIS_DEVICE value ('auto': CUDA when visible)."""
+    if device != "auto":
+        return device.split(":")[0]
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

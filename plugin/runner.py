@@ -22,7 +22,8 @@ def job_spec(path: str, req: SegmentRequest):
     from clipvis_core.jobs import JobSpec
 
     return JobSpec(media=path, vocabulary=list(req.vocabulary.entries), checkpoint=req.checkpoint,
-                   options={"frame_stride": req.frame_stride, "score_threshold": req.score_threshold},
+                   options={"frame_stride": req.frame_stride, "score_threshold": req.score_threshold,
+                            "precision": req.precision},  # fp32 is the default: not part of the job key
                    adapter=req.adapter)
 
 

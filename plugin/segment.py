@@ -73,6 +73,7 @@ def _record_run(dataset, req: SegmentRequest, model: str) -> None:
         "score_threshold": req.score_threshold,
         "max_tracks": req.max_tracks,
         "frame_stride": req.frame_stride,
+        "precision": req.precision,
         "masks": req.store_masks,
         "summary_field": summary_field(req.label_field),
     }

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ..errors import InputError
+from ..precision import PRECISIONS
 
 
 def register(subparsers) -> None:
@@ -50,6 +51,9 @@ def register(subparsers) -> None:
     model.add_argument("--window", type=int, metavar="N", help="frames per inference window (default: the model's)")
     model.add_argument("--score-threshold", type=float, default=0.0, metavar="S", help="drop tracks scoring below S")
     model.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda when available")
+    model.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                       help="network arithmetic: fp32 (default, exact), bf16 (CPU or CUDA autocast), fp16 (CUDA "
+                            "only); see docs/performance.md for how much bf16/fp16 change the results")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run)
 
@@ -134,12 +138,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"clipvis: warning: {note}", file=sys.stderr)
     num_frames = _check_video(args)
     _check_device(args.device)
+    from ..precision import check_precision, device_type
+
+    check_precision(args.precision, device_type(args.device))
 
     from ..segmenter import SegmentOptions, get_segmenter
 
     opts = SegmentOptions(frame_stride=args.stride, start_time=args.start, end_time=args.end,
                           max_frames=args.max_frames, min_size=args.min_size, max_size=args.max_size,
-                          window=args.window, score_threshold=args.score_threshold)
+                          window=args.window, score_threshold=args.score_threshold, precision=args.precision)
     seg = get_segmenter(args.checkpoint, device=args.device)
     t0 = time.perf_counter()
     tracks = _segment_with_progress(seg, args.input, vocabulary, opts, num_frames, quiet=args.quiet, adapter=adapter)

@@ -103,7 +103,12 @@ class JobSpec:
             unknown = sorted(set(self.options or {}) - set(defaults))
             if unknown:
                 raise InputError(f"unknown inference option(s) {unknown}; valid: {sorted(defaults)}")
-        # Options left at their default are dropped so {} and {"frame_stride": 1} share one result.
+        if (self.options or {}).get("precision") is not None:  # a bad name fails at submit, not in the worker
+            from ..precision import check_precision
+
+            check_precision(self.options["precision"])
+        # Options left at their default are dropped so {} and {"frame_stride": 1} share one result
+        # (and {"precision": "fp32"} keeps the key jobs had before precision modes existed).
         defaults = defaults or {}
         self.options = {k: v for k, v in dict(self.options or {}).items()
                         if v is not None and not (k in defaults and defaults[k] == v)}
