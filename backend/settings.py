@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipvis_core.errors import InputError
+from clipvis_core.keyframes import DEFAULT_TOLERANCE, parse_tolerance
 from clipvis_core.jobs.settings import env_float as _float
 
 
@@ -37,11 +38,10 @@ class BackendSettings:
     max_size: int | None = None
     workers: int = 1  # inference jobs run at once in this process (fallback runner)
     precision: str = "fp32"  # CLIPVIS_PRECISION: fp32, bf16 (CPU/CUDA autocast) or fp16 (CUDA only)
-    # Classifier adapter file from `clipvis adapt` (CLIPVIS_ADAPTER); part of the model version.
-    precision: str = "fp32"  # CLIPVIS_PRECISION: fp32, bf16 (CPU/CUDA autocast) or fp16 (CUDA only)
     # Video box tracks keep a keyframe only where interpolation would be off by more than this
     # fraction of the frame size (0 = one keyframe per frame).
     keyframe_tolerance: float = DEFAULT_TOLERANCE
+    # Classifier adapter file from `clipvis adapt` (CLIPVIS_ADAPTER); part of the model version.
     adapter: str | None = None
 
     @classmethod
@@ -70,14 +70,12 @@ class BackendSettings:
             min_size=int(_float("CLIPVIS_MIN_SIZE", 0)) or None,
             max_size=int(_float("CLIPVIS_MAX_SIZE", 0)) or None,
             precision=(env.get("CLIPVIS_PRECISION") or "fp32").strip(),
-            adapter=env.get("CLIPVIS_ADAPTER") or None,
-            precision=(env.get("CLIPVIS_PRECISION") or "fp32").strip(),
             keyframe_tolerance=parse_tolerance(env.get("CLIPVIS_KEYFRAME_TOLERANCE", DEFAULT_TOLERANCE)),
+            adapter=env.get("CLIPVIS_ADAPTER") or None,
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         _check_precision(values["precision"])
         if values["predict_budget_s"] >= 95:
-        _check_precision(values["precision"])
             raise InputError("CLIPVIS_PREDICT_BUDGET must stay well under Label Studio's 100 s /predict timeout (e.g. 60)")
         if values["adapter"] and not Path(values["adapter"]).expanduser().is_file():
             raise InputError(f"CLIPVIS_ADAPTER {values['adapter']} not found: point it at a file from `clipvis adapt`")
@@ -88,18 +86,6 @@ class BackendSettings:
     @property
     def auth_enabled(self) -> bool:
         return bool(self.basic_auth_user and self.basic_auth_pass)
-
-
-def _check_precision(precision: str) -> None:
-    """CLIPVIS_PRECISION must name a mode this process can run (fp16 needs CUDA) when inference
-    runs here; Celery workers (CLIPVIS_BROKER_URL set) check their own device per job."""
-    from clipvis_core.precision import check_precision, device_type
-
-    device = None if os.environ.get("CLIPVIS_BROKER_URL") else device_type(os.environ.get("CLIPVIS_DEVICE", "auto"))
-    try:
-        check_precision(precision, device)
-    except InputError as e:
-        raise InputError(f"CLIPVIS_PRECISION: {e}") from None
 
 
 def _check_precision(precision: str) -> None:
