@@ -380,3 +380,12 @@ def test_fiftyone_detections_with_masks_boxes_and_a_conflict(data, tmp_path):
     assert all(o.mask is not None for o in masked.observations) and all(o.box is not None for o in boxed.observations)
     expected = mask_utils.toBbox(anns[1]["segmentations"][0]).tolist()
     assert np.allclose(boxed.observations[0].box, expected, atol=1.0)
+
+
+def test_labels_map_to_classes_by_entry_or_synonym_and_unknown_labels_extend_the_vocabulary():
+    from clipvis_core.adaptation import extend_vocabulary
+    from clipvis_core.vocabulary import Vocabulary
+
+    given = Vocabulary.from_names(["car, automobile", "Ball"])
+    vocab, idx = extend_vocabulary(given, ["car, automobile", "AUTOMOBILE", "ball", "pear", "Pear "])
+    assert vocab.entries == ("car, automobile", "Ball", "pear") and idx == [0, 0, 1, 2, 2]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..vocabulary import Vocabulary
+from ..vocabulary import Vocabulary, split_synonyms
 from .adapter import ClassifierAdapter, model_identity
 from .embed import embed_examples
 from .examples import ExampleSet
@@ -31,16 +31,19 @@ def extend_vocabulary(vocab: Vocabulary | None, labels: list[str]) -> tuple[Voca
     """(vocabulary with unknown labels appended, class index of each label)."""
     entries = list(vocab.entries) if vocab is not None else []
     index: dict[str, int] = {}
-    for c, syns in enumerate(Vocabulary.from_names(entries).synonyms if entries else []):
-        for s in syns:
+    for c, entry in enumerate(entries):
+        for s in [entry, *split_synonyms(entry)]:
             index.setdefault(s.strip().casefold(), c)
     out = []
     for lab in labels:
-        k = lab.strip().casefold()
-        if k not in index:
-            index[k] = len(entries)
+        # A label may itself be a whole entry ("car, automobile"): matched by the entry or a synonym.
+        hit = next((index[k] for k in (s.strip().casefold() for s in [lab, *split_synonyms(lab)]) if k in index), None)
+        if hit is None:
+            hit = len(entries)
             entries.append(lab.strip())
-        out.append(index[k])
+            for s in [lab, *split_synonyms(lab)]:
+                index.setdefault(s.strip().casefold(), hit)
+        out.append(hit)
     return Vocabulary.from_names(entries), out
 
 
