@@ -18,8 +18,12 @@ import torch.nn.functional as F
 
 from ..preprocess import FrameGeometry, geometry, prepare_frames
 from ..training.data.decode import decode
-from ..training.data.sample import InstanceRecord, SampleRecord
+from ..training.data.masks import rasterize
+from ..training.data.sample import SampleRecord
 from .examples import Example
+
+
+FRAMES_PER_DECODE = 8
 
 
 @dataclass
@@ -113,17 +117,15 @@ def _sample_records(examples: list[Example], picks: list[list[int]]):
             if ex.video and not isinstance(o.frame, tuple):
                 key = ex.source  # a YTVIS frame folder: one group per video
             groups.setdefault(key, []).append((e, o))
-    for items in groups.values():
-        frames = list(dict.fromkeys(o.frame for _, o in items))
-        slot = {f: k for k, f in enumerate(frames)}
-        ex0 = examples[items[0][0]]
-        insts = []
-        for e, o in items:
-            segs = [None] * len(frames)
-            segs[slot[o.frame]] = o.mask
-            insts.append(InstanceRecord(segmentations=segs, track_id=e))
-        rec = SampleRecord(ex0.source, frames, ex0.height, ex0.width, insts, ex0.video)
-        yield rec, items, slot
+    for group in groups.values():
+        ordered = list(dict.fromkeys(o.frame for _, o in group))
+        # A few frames decoded at a time: memory stays flat however long the video is.
+        for start in range(0, len(ordered), FRAMES_PER_DECODE):
+            frames = ordered[start:start + FRAMES_PER_DECODE]
+            slot = {f: k for k, f in enumerate(frames)}
+            items = [(e, o) for e, o in group if o.frame in slot]
+            ex0 = examples[items[0][0]]
+            yield SampleRecord(ex0.source, frames, ex0.height, ex0.width, [], ex0.video), items, slot
 
 
 def embed_examples(segmenter, examples: list[Example], frames_per_instance: int = 3,
@@ -137,24 +139,25 @@ def embed_examples(segmenter, examples: list[Example], frames_per_instance: int 
         sample = decode(rec)
         geom = geometry(rec.height, rec.width, inf.min_size, inf.max_size, cfg.size_divisibility)
         for f, t in slot.items():
-            here = [(n, e, o) for n, (e, o) in enumerate(items) if o.frame == f]
+            here = [(e, o) for e, o in items if o.frame == f]
             x = prepare_frames([sample.frames[t]], geom, model.pixel_mean, model.pixel_std, device)
             with torch.inference_mode():
-                if any(o.mask is None for _, _, o in here):  # boxes need the predicted masks
+                if any(o.mask is None for _, o in here):  # boxes need the predicted masks
                     out = model.forward_frames(x)
                     dense, pred = out.dense, out.decoder.masks[0]
                 else:  # masks only need the dense CLIP feature: the backbone alone (2-3x cheaper)
                     dense, pred = model.backbone(x).clip_vis_dense, None
                 logits = []
-                for n, _, o in here:
+                for e, o in here:
                     if o.mask is not None:
-                        logits.append(_mask_logits(sample.masks[n, t], geom))
+                        mask = rasterize(o.mask, rec.height, rec.width, f"{rec.source}: instance {e}")
+                        logits.append(_mask_logits(mask, geom))
                         pooled["mask"] += 1
                     else:
                         lg, how = _box_logits(_box_to_grid(o.box, geom), pred, box_iou)
                         logits.append(lg)
                         pooled[how] += 1
                 emb = _embed(model.backbone, dense[:1].float(), torch.stack(logits)).cpu()
-            for (_, e, _), v in zip(here, emb):
+            for (e, _), v in zip(here, emb):
                 sums[e] += v
     return EmbeddedExamples(F.normalize(sums, dim=-1), [ex.label for ex in examples], dict(pooled))
