@@ -40,10 +40,6 @@ def test_it_learns_from_random_weights(shapes, tmp_path):
     assert after["val/agnostic_AP50"] > 0.4
     assert after["val/agnostic_AP50"] > before["val/agnostic_AP50"] + 0.35
     assert "val/AP50" in after  # the data has categories: AP with its vocabulary too
-    # The trained card segments through the public loader like any checkpoint.
-    trained = resolve_checkpoint(str(result.card))
-    again = evaluate_records(load_model(trained), trained, val, torch.device("cpu"))
-    assert again["val/agnostic_AP50"] == pytest.approx(after["val/agnostic_AP50"])
     rows = read_metrics(tmp_path / "run")
     assert [r["step"] for r in rows if "total_loss" in r] == list(range(1, 41))
     assert any("val/agnostic_AP50" in r for r in rows)
