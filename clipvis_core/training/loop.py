@@ -153,11 +153,11 @@ def _train(req: TrainRequest, info: D.DistInfo, device: torch.device) -> TrainRe
 
     resolved = resolve_checkpoint(req.init)
     resumed, resumed_path = _resume_state(req, resolved)  # before building: an architecture mismatch fails fast
-    model = load_model(resolved, device)
     records = shared_records(req.data, req.images_dir, "--data", info) + list(req.records or [])
     if not records:
         raise InputError("nothing to train on: pass --data SOURCE (a COCO / YTVIS JSON, fiftyone:..., labelstudio:...)")
     val_records = shared_records(req.val, req.images_dir, "--val", info) if req.val else []
+    model = load_model(resolved, device)  # after the data checks: bad input fails in a second
 
     if resumed is not None:
         model.load_state_dict(ckpt.model_state(resumed["model"]), strict=True)
