@@ -29,7 +29,12 @@ def autocast(precision: str, device):
 
     check_precision(precision, device.type)
     if precision == "fp32":
-        return contextlib.nullcontext()
+        if device.type != "cuda":
+            return contextlib.nullcontext()
+        # cuDNN convolutions default to TF32 on Ampere and later (10-bit mantissa): fp32 means fp32.
+        cudnn = torch.backends.cudnn
+        return cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                           allow_tf32=False)
     return torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
 
 

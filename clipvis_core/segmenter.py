@@ -198,7 +198,7 @@ class Segmenter:
                 info.num_frames = done
                 info.frame_indices = info.frame_indices[:done]
                 with torch.inference_mode():
-                    final = scores.final()
+                    final = scores.final().cpu()  # the final pass indexes CPU-stored frames with the selection
                     sel = select_instances(final, opts.detections or inf.detections)
                     if trace is not None:
                         trace.video_obj_logits, trace.final_scores, trace.selection = scores.video_obj_logits, final, sel

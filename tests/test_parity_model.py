@@ -3,6 +3,7 @@
 Every hyper-parameter comes from the fixture's tiny_config.json; tolerances follow its README.
 """
 import json
+import os
 
 import numpy as np
 import pytest
@@ -31,7 +32,8 @@ def ref(ref_dir):
 @pytest.fixture(scope="module")
 def seg(tiny_card):
     torch.set_num_threads(2)
-    return Segmenter.load(str(tiny_card), device="cpu")
+    # CLIPVIS_TEST_DEVICE=cuda runs the same tolerances on a GPU (benchmarks/gpu_check.sh).
+    return Segmenter.load(str(tiny_card), device=os.environ.get("CLIPVIS_TEST_DEVICE", "cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +62,8 @@ def test_config_read_from_fixture(ref):
 @pytest.mark.parametrize("impl", ["bag", "grid_sample"])
 def test_network_stages(seg, ref, impl, monkeypatch):
     monkeypatch.setattr(deform_attn.MSDeformAttn, "impl", impl)
-    x = torch.from_numpy(ref["input_images_tensor"])
-    with torch.inference_mode():
+    x = torch.from_numpy(ref["input_images_tensor"]).to(seg.device)
+    with torch.inference_mode(), seg._autocast("fp32"):
         out = seg.model.forward_frames(x, keep_intermediates=True)
     for k in ("res2", "res3", "res4", "res5"):
         close(out.features[k], ref[f"backbone_{k}"])
