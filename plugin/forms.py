@@ -114,3 +114,32 @@ def evaluate_form(ctx):
     _radio(inputs, "protocol", [("ytvis", "YouTube-VIS"), ("lvvis", "LV-VIS")], "ytvis", "Protocol")
     _report(inputs, ctx, P.parse_evaluate)
     return types.Property(inputs, view=types.View(label="Evaluate video instances (clipvis)"))
+
+
+def learn_form(ctx):
+    inputs = types.Object()
+    inputs.view_target(ctx, action_description="Learn from")
+    _suggest(inputs, "gt_field", sources.label_fields(ctx.dataset), "Ground-truth field",
+             "The corrected labels: Detections with instance masks (frame-level for videos)")
+    line = P.default_line_name(ctx.dataset)
+    inputs.str("model_line", default=line, label="Model line",
+               description="Versions trained from this dataset's corrections; the segment operator lists it as line:NAME")
+    _suggest(inputs, "base_model", sources.local_checkpoints(), "Base model",
+             "Checkpoint (or line:NAME) a new line starts from; an existing line continues from its current version")
+    inputs.float("held_out", default=0.25, label="Held-out share",
+                 description="Corrections kept aside to compare the current and the new version (0-1)")
+    inputs.int("min_new", default=20, label="Minimum new masks", description="Skip the round below this many unused corrected masks")
+    inputs.int("steps", default=200, label="Training steps")
+    inputs.int("batch_size", default=2, label="Batch size")
+    inputs.float("learning_rate", label="Learning rate", description="Empty: the training config's rate")
+    inputs.str("train_config", label="Training config (optional)", description="A TrainConfig JSON file")
+    try:
+        req = P.parse_learn(ctx.params, ctx.dataset)
+        view = ctx.target_view()
+        check_target(view)
+        from .learn import check_source
+
+        check_source(ctx.dataset, view, req.gt_field)
+    except InputError as e:
+        inputs.view("problem", types.Error(label=str(e)), invalid=True, error_message=str(e))
+    return types.Property(inputs, view=types.View(label="Learn from corrections (clipvis)"))

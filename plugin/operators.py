@@ -126,3 +126,35 @@ class EvaluateVideoInstances(foo.Operator):
 
     def resolve_output(self, ctx):
         return _summary_output(ctx, [("eval_key", "Stored as")])
+
+
+class LearnFromCorrections(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="learn_from_corrections",
+            label="Learn from corrections",
+            description="Fine-tune a model line on corrected masks; the new version is promoted only if it is not worse",
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+            default_choice_to_delegated=True,
+        )
+
+    def resolve_input(self, ctx):
+        return forms.learn_form(ctx)
+
+    def execute(self, ctx):
+        from .learn import learn
+
+        req = P.parse_learn(ctx.params, ctx.dataset)
+        s = learn(ctx.dataset, _target(ctx), req, _progress(ctx))
+        if not ctx.delegated:
+            ctx.trigger("reload_dataset")
+        return {"status": s.status, "reason": s.reason, "line": s.line, "version": s.version,
+                "model": f"line:{s.line}" if s.serving else "", "serving": s.serving, "new_masks": s.new_masks,
+                "before": s.before, "after": s.after, "run_key": s.run_key}
+
+    def resolve_output(self, ctx):
+        return _summary_output(ctx, [("status", "Status"), ("reason", "Why"), ("model", "Segment with"),
+                                     ("run_key", "Run record")])

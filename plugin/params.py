@@ -143,3 +143,53 @@ def parse_evaluate(params: dict, dataset) -> EvalRequest:
     get_protocol(protocol)  # unknown names raise the evaluator's own message
     key = _field_name(params, "eval_key", f"{pred}_eval")
     return EvalRequest(pred_field=pred, gt_field=gt, protocol=protocol, eval_key=key)
+
+
+@dataclass(frozen=True)
+class LearnRequest:
+    gt_field: str
+    line: str  # model line name (created from base_model when absent)
+    base_model: str  # checkpoint spec the line starts from ("" when the line exists)
+    held_out: float
+    min_new: int
+    steps: int
+    batch_size: int
+    lr: float | None
+    config: object | None  # clipvis_core.training.config.TrainConfig, or None for the defaults
+    device: str
+
+
+def default_line_name(dataset) -> str:
+    """A valid model line name from the dataset's name ("My data 2" -> "My-data-2")."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", dataset.name).strip("-._")[:100]
+    return name or "fiftyone"
+
+
+def parse_learn(params: dict, dataset) -> LearnRequest:
+    from clipvis_core.versions import ModelLine, list_lines
+
+    gt = _field_name(params, "gt_field")
+    sources.check_label_field(dataset, gt, "gt_field")
+    line = (params.get("model_line") or "").strip() or default_line_name(dataset)
+    ModelLine.path_for(line)  # invalid names fail here
+    base = ""
+    if line not in list_lines():  # a new line needs a base; an existing one continues from its current version
+        base = sources.check_checkpoint(params.get("base_model"), "base_model")
+    held_out = _number(params, "held_out", 0.25, float, lo=0.0, hi=1.0)
+    if not 0 < held_out < 1:
+        raise InputError(f"held_out must be a fraction between 0 and 1 (e.g. 0.25), got {held_out!r}")
+    lr = _number(params, "learning_rate", None, float, lo=0.0)
+    if lr == 0:
+        raise InputError("learning_rate must be above 0 (leave it empty for the training config's rate)")
+    config = None
+    if (path := (params.get("train_config") or "").strip()):
+        from clipvis_core.training.config import TrainConfig
+
+        config = TrainConfig.from_json(path)
+    return LearnRequest(
+        gt_field=gt, line=line, base_model=base, held_out=held_out,
+        min_new=_number(params, "min_new", 20, int, lo=0),
+        steps=_number(params, "steps", 200, int, lo=1),
+        batch_size=_number(params, "batch_size", 2, int, lo=1),
+        lr=lr, config=config, device=(params.get("device") or "").strip() or "auto",
+    )

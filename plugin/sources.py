@@ -148,14 +148,16 @@ def resolve_base_names(params: dict, dataset) -> tuple[frozenset[str], str]:
 
 # ---- checkpoints ----------------------------------------------------------------------------
 def local_checkpoints() -> list[str]:
-    """Registered checkpoint names whose weights are on this machine."""
+    """Registered checkpoint names whose weights are on this machine, then every model line as
+    ``line:NAME`` (its promoted version: what fine-tuning from corrections registered)."""
     from clipvis_core import weights
+    from clipvis_core.versions import list_lines
 
-    return sorted(weights.available_checkpoints())
+    return sorted(weights.available_checkpoints()) + [f"line:{name}" for name in list_lines()]
 
 
-def check_checkpoint(value: str | None) -> str:
-    """A registered name available locally, ``random:<config>``, or a model card (.json) / .pth path."""
+def check_checkpoint(value: str | None, param: str = "checkpoint") -> str:
+    """A registered name available locally, ``random:<config>``, ``line:NAME[@vN]``, or a model card (.json) / .pth path."""
     from clipvis_core import weights
     from clipvis_core.errors import WeightsError
 
@@ -164,11 +166,11 @@ def check_checkpoint(value: str | None) -> str:
     if not value:
         if len(local) == 1:
             return local[0]
-        raise InputError(f"checkpoint is required: use one of {', '.join(local) or '(none downloaded)'} or a .json/.pth path")
+        raise InputError(f"{param} is required: use one of {', '.join(local) or '(none downloaded)'} or a .json/.pth path")
     if value in local:
         return value
     path = Path(value).expanduser()
-    if value in weights.RELEASED or value.startswith("random:") or (path.suffix == ".json" and path.is_file()):
+    if value in weights.RELEASED or value.startswith(("random:", "line:")) or (path.suffix == ".json" and path.is_file()):
         try:
             # Cheap for these: reads a card or the registry, loads no weights. A registered name
             # that is not downloaded fails here with where to get it.
@@ -178,5 +180,5 @@ def check_checkpoint(value: str | None) -> str:
         return value
     if path.suffix in (".pth", ".pt") and path.is_file():
         return str(path)
-    raise InputError(f"unknown checkpoint {value!r}: use a locally available name "
+    raise InputError(f"unknown {param} {value!r}: use a locally available name "
                      f"({', '.join(local) or 'none downloaded; see clipvis checkpoints'}) or an existing .json/.pth file")

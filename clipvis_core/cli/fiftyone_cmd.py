@@ -16,7 +16,7 @@ from ..errors import ClipvisError, InputError
 
 PLUGIN_NAME = "@clipvis/clipvis"
 LINK_NAME = "clipvis"
-OPERATORS = ("segment_video_instances", "find_novel_categories", "evaluate_video_instances")
+OPERATORS = ("segment_video_instances", "find_novel_categories", "evaluate_video_instances", "learn_from_corrections")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
