@@ -149,7 +149,7 @@ class Learner:
     def _state(h) -> str:
         try:
             return h.status().state
-        except Exception as e:  # a broker hiccup must not break /is_training
+        except Exception as e:  # a broker hiccup: treated as not running; the next event retries
             log.warning("job %s: status unavailable (%s)", h.id, e)
             return "UNKNOWN"
 
@@ -162,7 +162,13 @@ class Learner:
             events = rnd.events if rnd else 0
         out = {}
         for kind, h in jobs.items():
-            st = h.status()
+            try:
+                st = h.status()
+            except Exception as e:  # a broker hiccup: say so instead of failing the poll
+                log.warning("job %s: status unavailable (%s)", h.id, e)
+                from clipvis_core.jobs import JobStatus
+
+                st = JobStatus("UNKNOWN", error=f"status unavailable: {e}")
             entry = {"id": h.id, "state": st.state, "step": st.step, "steps_total": st.steps_total}
             if st.state == "SUCCESS" and st.result:
                 entry["outcome"] = json.loads(st.result)

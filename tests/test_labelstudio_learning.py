@@ -222,6 +222,59 @@ def test_debounced_round_and_a_crash_mid_finetune_leave_the_model_untouched(labe
     assert not crashed["promoted"] and "interrupted" in crashed["reason"]
 
 
+VIDEO_CONFIG = """<View>
+  <Video name="video" value="$video" framerate="10"/>
+  <VideoRectangle name="box" toName="video"/>
+  <Labels name="videoLabels" toName="video"><Label value="disc"/><Label value="box"/><Label value="triangle"/></Labels>
+</View>"""
+
+
+def track_result(masks: np.ndarray, kind: str, fps: float) -> dict:
+    """A corrected video track: one keyframe per frame (percent boxes, 1-based frames at 10 fps)."""
+    seq = []
+    for t, m in enumerate(masks):
+        ys, xs = np.nonzero(m)
+        if not len(xs):
+            continue
+        x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+        seq.append({"frame": t + 1, "enabled": True, "rotation": 0, "time": t / fps, "x": 100 * x0 / W,
+                    "y": 100 * y0 / H, "width": 100 * (x1 - x0) / W, "height": 100 * (y1 - y0) / H})
+    seq[-1]["enabled"] = False
+    return {"id": uuid.uuid4().hex[:10], "from_name": "box", "to_name": "video", "type": "videorectangle",
+            "value": {"framesCount": len(masks), "duration": len(masks) / fps, "labels": [kind], "sequence": seq}}
+
+
+def test_corrected_video_tracks_adapt_the_classifier(label_studio, local_backend, tmp_path):
+    from videogen import write_video
+
+    ls, (backend, base) = label_studio, local_backend
+    project = ls.api("POST", "/api/projects", json={"title": "learn video", "label_config": VIDEO_CONFIG})["id"]
+    version = _connect(ls, project, backend.url)
+    rng = np.random.default_rng(31)
+    tasks = {}
+    for i in range(6):
+        frames, masks, kinds = shapes_video(rng, 4, H, W)
+        path = write_video(tmp_path / f"v{i}.mp4", frames, fps=10.0, codec="h264")
+        with open(path, "rb") as f:
+            ls.api("POST", f"/api/projects/{project}/import", files={"file": (path.name, f, "video/mp4")})
+        task = max(t["id"] for t in ls.api("GET", "/api/tasks", params={"project": project})["tasks"])
+        tasks[task] = (masks, kinds)
+    for task, (masks, kinds) in tasks.items():  # the annotator corrects each track's label and submits
+        result = [track_result(m, k, 10.0) for m, k in zip(masks, kinds) if m.any()]
+        ls.api("POST", f"/api/tasks/{task}/annotations/", json={"result": result, "lead_time": 9.0, "task": task})
+    st = backend.wait_idle(project, timeout=600)
+    assert set(st["jobs"]) == {"adapt"}, st  # no brush masks: no fine-tune round
+    out = st["jobs"]["adapt"]["outcome"]
+    print(f"video project: {out['reason']}")
+    assert out["status"] == "promoted" and st["current"] == out["version"]
+    new = requests.post(backend.url + "/setup", auth=AUTH, timeout=30, json={
+        "project": f"{project}.1", "schema": VIDEO_CONFIG, "hostname": ls.url}).json()["model_version"]
+    assert new != version and new.startswith(f"{st['line']}@{out['version']}-")
+    lineage = json.loads((base / "models" / st["line"] / "versions" / out["version"] / "lineage.json").read_text())
+    assert lineage["kind"] == "adapter" and lineage["adapter"] and lineage["parent"] == "v0"
+    assert lineage["data"]["examples"] == sum(1 for masks, _ in tasks.values() for m in masks if m.any())
+
+
 def test_start_training_when_learning_is_off_is_409(tiny_card):
     from backend.app import create_app
     from backend.learning import LearnSettings
@@ -280,7 +333,8 @@ def test_corrections_improve_predictions_end_to_end_on_celery(label_studio, tiny
     r.ping()  # fails (never skips) without Redis: scripts/start_redis.sh
     queue = f"clipvis-learn-{run}"
     env = backend_env(tiny_card, tmp_path, ls.url, CLIPVIS_BROKER_URL=url, CLIPVIS_RESULT_BACKEND=url,
-                      CLIPVIS_QUEUE=queue, CLIPVIS_REDIS_PREFIX=queue)
+                      CLIPVIS_QUEUE=queue, CLIPVIS_REDIS_PREFIX=queue, CLIPVIS_LEARN_STEPS="24",
+                      CLIPVIS_LEARN_BATCH_SIZE="2", CLIPVIS_LEARN_LR="0.002")
     segment_worker = Worker(env, queue, tmp_path / "segment-worker.log")
     backend = Served(env, tmp_path / "backend.log")
     train_worker = None
@@ -308,7 +362,7 @@ def test_corrections_improve_predictions_end_to_end_on_celery(label_studio, tiny
 
         train_worker = Worker(env, f"{queue}.train", tmp_path / "train-worker.log")
         t0 = time.monotonic()
-        done = backend.wait_idle(project, timeout=300)
+        done = backend.wait_idle(project, timeout=1500)  # ~1 min on 2 free cores; generous for busy CI
         outcomes = {k: j["outcome"] for k, j in done["jobs"].items()}
         print(f"round took {time.monotonic() - t0:.1f}s: " + "; ".join(f"{k}: {o['status']} ({o['reason']})"
                                                                         for k, o in outcomes.items()))
