@@ -170,3 +170,24 @@ def test_keyframe_reduction_on_real_video(vtest, tiny_card):
         after += len(kept)
     assert before > 0 and after < before
     print(f"vtest.avi, 100 frames: {before} -> {after} keyframes ({before / after:.1f}x fewer)")
+
+
+def test_fiftyone_keyframe_tagging_is_opt_in():
+    from clipvis_core.export.fiftyone import tracks_to_labels
+
+    boxes = motion("jumping", 200)
+    boxes[150:160] = [None] * 10
+    vt = _video_tracks(boxes)
+    # Non-empty masks so every present frame becomes a detection.
+    from clipvis_core.tracks import encode_mask
+
+    full = np.zeros((H, W), bool)
+    full[10:20, 10:20] = True
+    rle = encode_mask(full)
+    vt.tracks[0].masks = [rle if b is not None else vt.tracks[0].masks[0] for b in boxes]
+    plain = tracks_to_labels(vt, store_masks=False)
+    assert all("keyframe" not in d.field_names for f in plain.frames.values() for d in f.detections)
+    tagged = tracks_to_labels(vt, store_masks=False, keyframe_tolerance=DEFAULT_TOLERANCE)
+    keys = sorted(fn - 1 for fn, f in tagged.frames.items() for d in f.detections if d["keyframe"])
+    assert keys == sparse_keyframes(boxes, W, H)
+    assert sum(len(f.detections) for f in tagged.frames.values()) == 190 and len(keys) < 20

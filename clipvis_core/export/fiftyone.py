@@ -56,9 +56,17 @@ def tracks_to_labels(
     score_threshold: float = 0.0,
     max_tracks: int | None = None,
     store_masks: bool = True,
+    keyframe_tolerance: float | None = None,
 ) -> SampleLabels:
-    """Build the frame-level detections and the class summary for one video's tracks."""
+    """Build the frame-level detections and the class summary for one video's tracks.
+
+    ``keyframe_tolerance`` (off by default): tag each detection ``keyframe=True/False``, True where
+    linear interpolation between the other keyframes would be off by more than that fraction of
+    the frame (see ``clipvis_core.keyframes``), so a reviewer can check the few frames that matter.
+    """
     import fiftyone as fo
+
+    from ..keyframes import KeyframeOptions, sparse_keyframes
 
     kept = select_tracks(tracks, score_threshold, max_tracks)
     # FiftyOne frame numbers are 1-based source frames; a stride leaves the skipped frames unlabeled.
@@ -68,6 +76,9 @@ def tracks_to_labels(
     linked = hasattr(fo, "Instance")
     for track in kept:
         link = {"instance": fo.Instance()} if linked else {}
+        keys = None
+        if keyframe_tolerance is not None:
+            keys = set(sparse_keyframes(track.boxes, tracks.video.width, tracks.video.height, KeyframeOptions(keyframe_tolerance)))
         for k in track.present_frames():
             crop = crop_instance(track.mask(k))
             if crop is None:
@@ -81,6 +92,7 @@ def tracks_to_labels(
                     index=int(track.id),
                     frame_score=float(track.frame_scores[k]),
                     **link,
+                    **({} if keys is None else {"keyframe": k in keys}),
                 )
             )
     frames = {fn: fo.Detections(detections=dets) for fn, dets in per_frame.items()}
