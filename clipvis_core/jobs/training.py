@@ -9,6 +9,7 @@ submitting the same spec with ``resume=True`` continues it. One live job per out
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -110,13 +111,30 @@ def _output_lock(output: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _in_daemon_process() -> bool:
+    import multiprocessing
+
+    try:
+        import billiard  # Celery's multiprocessing fork
+
+        if billiard.current_process().daemon:
+            return True
+    except ImportError:
+        pass
+    return multiprocessing.current_process().daemon
+
+
 def run_train_job(spec: TrainJobSpec, progress: Callable | None = None,
                   should_stop: Callable[[], bool] | None = None) -> Path:
     """Train in this process (Celery task and local runner); returns the model card path."""
     from ..training.loop import TrainingCancelled, TrainRequest, train
 
     out = Path(spec.output)
-    req = TrainRequest(data=spec.data, init=spec.init, output=out, config=spec.train_config(), val=spec.val,
+    cfg = spec.train_config()
+    if cfg.num_workers and _in_daemon_process():
+        # A prefork pool's child is a daemon and may not start data-loader workers: decode inline.
+        cfg = dataclasses.replace(cfg, num_workers=0)
+    req = TrainRequest(data=spec.data, init=spec.init, output=out, config=cfg, val=spec.val,
                        device=_device(), resume=spec.resume, images_dir=spec.images, quiet=True,
                        progress=progress, should_stop=should_stop)
     with _output_lock(out):
