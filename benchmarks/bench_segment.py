@@ -7,6 +7,8 @@
       (b): peak RSS of the streaming API at two video lengths (must stay flat, <= 1.2x).
   python benchmarks/bench_segment.py text   [--vocab lvvis]
       (d): text classifier cold vs cached for a built-in vocabulary (full-size text tower).
+  python benchmarks/bench_segment.py stages [--frames 4] [--precision fp32|bf16]
+      where the streaming segmenter's time goes, per stage (full-size ConvNeXt-B, 480x854).
 """
 from __future__ import annotations
 
@@ -140,6 +142,68 @@ def cmd_text(args) -> None:
           f"cached {warm:.3f} s ({100 * warm / cold:.2f} % of cold)")
 
 
+def cmd_stages(args) -> None:
+    """Per-stage wall time of one streaming run: hooks on the network's three modules, wrappers
+    around decode, preprocessing, the per-frame store write (mask resize + RLE) and the final pass."""
+    import numpy as np
+    import torch
+
+    import clipvis_core.segmenter as S
+    from clipvis_core.builtin_vocabularies import load_vocabulary
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    tmp = Path(tempfile.mkdtemp(prefix="clipvis-bench-"))
+    video = synthetic_video(tmp / "video.mp4", args.frames + 1, args.height, args.width)
+    seg = S.Segmenter.load(args.checkpoint, device="cpu")
+    vocab = load_vocabulary(args.vocab)
+    seg.text_classifier(vocab)
+    acc: dict[str, float] = {}
+
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                acc[name] = acc.get(name, 0.0) + time.perf_counter() - t0
+        return wrapper
+
+    for name, mod in (("backbone (trunk)", seg.model.backbone), ("pixel decoder", seg.model.sem_seg_head.pixel_decoder),
+                      ("transformer decoder", seg.model.sem_seg_head.predictor)):
+        mod.forward = timed(name, mod.forward)
+    src = S._frames_source
+
+    def frames_source(source, opts):
+        info, frames, close = src(source, opts)
+        it = iter(frames)
+        step = timed("video decode", lambda: next(it, None))
+
+        def gen():
+            while (f := step()) is not None:
+                yield f
+        return info, gen(), close
+    S._frames_source = frames_source
+    S.prepare_frames = timed("preprocess", S.prepare_frames)
+    S.FrameStore.write = timed("store write (resize + RLE of every query)", S.FrameStore.write)
+    S.build_tracks = timed("final pass (build tracks)", S.build_tracks)
+    from clipvis_core.segmenter import SegmentOptions
+
+    with __import__("clipvis_core.video", fromlist=["open_video"]).open_video(video, max_frames=1) as r:
+        seg.segment(np.stack([f for _, f in r]), vocab, SegmentOptions(precision=args.precision))  # warm-up
+    acc.clear()
+    t0 = time.perf_counter()
+    res = seg.segment(str(video), vocab, SegmentOptions(max_frames=args.frames, precision=args.precision))
+    total = time.perf_counter() - t0
+    n = res.video.num_frames
+    acc["other (matching, mask pooling, scoring)"] = total - sum(acc.values())
+    print(f"{args.checkpoint}, {n} frames {args.height}x{args.width}, {args.precision}, "
+          f"{os.environ.get('BENCH_THREADS', '2')} threads, load average {os.getloadavg()[0]:.1f}")
+    print("  | stage | s/frame | share |\n  | --- | --- | --- |")
+    for k, v in acc.items():
+        print(f"  | {k} | {v / n:.3f} | {100 * v / total:.0f} % |")
+    print(f"  | **total** | **{total / n:.3f}** ({n / total:.3f} frames/s) | |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -158,12 +222,19 @@ def main() -> None:
     t = sub.add_parser("text")
     t.add_argument("--vocab", default="lvvis")
     t.add_argument("--checkpoint", default="random:clipvis-convnext-b-dec10")
+    g = sub.add_parser("stages")
+    g.add_argument("--frames", type=int, default=4)
+    g.add_argument("--height", type=int, default=480)
+    g.add_argument("--width", type=int, default=854)
+    g.add_argument("--vocab", default="ytvis2019")
+    g.add_argument("--precision", default="fp32")
+    g.add_argument("--checkpoint", default="random:clipvis-convnext-b-dec10")
     w = sub.add_parser("_worker")
     for a in ("impl", "checkpoint", "video", "vocab", "device", "save"):
         w.add_argument(f"--{a}")
     w.add_argument("--min-size", type=int)
     args = p.parse_args()
-    {"speed": cmd_speed, "memory": cmd_memory, "text": cmd_text, "_worker": worker}[args.cmd](args)
+    {"speed": cmd_speed, "memory": cmd_memory, "text": cmd_text, "stages": cmd_stages, "_worker": worker}[args.cmd](args)
 
 
 if __name__ == "__main__":
