@@ -153,9 +153,9 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - t0
 
     if args.format == "ytvis":
-        from ..export.ytvis import to_ytvis_results, write_ytvis_results
+        from ..export.ytvis import iter_ytvis_results, write_ytvis_results
 
-        write_ytvis_results(args.output, to_ytvis_results(tracks, args.video_id, vocabulary))
+        write_ytvis_results(args.output, iter_ytvis_results(tracks, args.video_id, vocabulary))
     else:
         tracks.save(args.output)
     if not args.quiet:
