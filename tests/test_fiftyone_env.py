@@ -226,7 +226,7 @@ def test_install_is_idempotent_and_check_lists_operators(fo_session):
     r = run_cli(["fiftyone", "install", "--plugins-dir", str(fo_session.plugins_dir)], fo_session.env)
     assert r.returncode == 0, r.stderr
     assert os.path.realpath(fo_session.plugins_dir / "clipvis") == str(ROOT)
-    for op in ("segment_video_instances", "find_novel_categories", "evaluate_video_instances"):
+    for op in ("segment_video_instances", "find_novel_categories", "evaluate_video_instances", "learn_from_corrections"):
         assert f"ok  @clipvis/clipvis/{op}" in r.stdout
     other = fo_session.tmp / "elsewhere"
     other.mkdir()

@@ -93,6 +93,16 @@ def corrected(dataset):
     return dict(view=dataset.load_saved_view("corrected"), view_name="corrected")
 
 
+def form_json(form: str, dataset, params: dict, **request) -> str:
+    """The operator form as the App receives it (resolved in this process)."""
+    from fiftyone.operators.executor import ExecutionContext
+
+    from plugin import forms
+
+    ctx = ExecutionContext({"dataset_name": dataset.name, "params": params, **request})
+    return json.dumps(getattr(forms, form)(ctx).to_json())
+
+
 def test_bad_input_fails_in_one_line_and_registers_nothing(ds, small_card, models_dir, tmp_path):
     from fiftyone.operators.executor import ExecutionError
 
@@ -123,6 +133,10 @@ def test_bad_input_fails_in_one_line_and_registers_nothing(ds, small_card, model
     line = next(x for x in str(err.value).splitlines() if "no instance masks" in x)
     assert "classifier adaptation is the only option" in line and "clipvis adapt" in line
     assert snapshot(ds) == before and ds.list_runs() == runs and list_lines() == []
+
+    # the App's form shows the same message (and blocks the run) while the field has no masks
+    assert "no instance masks" in form_json("learn_form", ds, dict(params, gt_field="boxes"), view_name="corrected")
+    assert "no instance masks" not in form_json("learn_form", ds, params, view_name="corrected")
 
     # a threshold the corrections do not reach: skipped, said so, no line and no version registered
     r = run_op("learn_from_corrections", ds, {**params, "min_new": 10_000}, **corrected(ds))
@@ -163,6 +177,7 @@ def test_learn_registers_a_better_model_that_segment_and_evaluate_use(ds, small_
 
     # the segment operator's checkpoint suggestions list the line; segment + evaluate show the gain
     assert f"line:{line_name}" in local_checkpoints()
+    assert f'"line:{line_name}"' in form_json("segment_form", ds, {})
     held_out = ds.match_tags("eval")
     ap = {}
     for field, checkpoint in (("pred_base", str(small_card)), ("pred_line", f"line:{line_name}")):
