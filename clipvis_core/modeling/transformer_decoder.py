@@ -120,7 +120,13 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         output = self.query_feat.weight.unsqueeze(1).repeat(1, bs, 1)
 
         aux = []
-        obj, masks, iou, attn_mask = self._heads(output, mask_features, sizes[0])
+        # Without aux outputs only the last layer's full-resolution masks are read: the others only
+        # feed the next attention mask. Bilinear resizing is linear, so resize(embed . features) ==
+        # embed . resize(features): reading the 3 resized feature maps skips the [Q, H/4, W/4]
+        # product at every layer (identical up to float rounding).
+        small = None if with_aux else [F.interpolate(mask_features, size=s, mode="bilinear", align_corners=False)
+                                       for s in sizes]
+        obj, masks, iou, attn_mask = self._heads(output, mask_features, sizes[0], small[0] if small and self.num_layers else None)
         for i in range(self.num_layers):
             aux.append((obj, iou, masks) if with_aux else None)
             level = i % self.num_feature_levels
@@ -129,16 +135,27 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             output = self.transformer_cross_attention_layers[i](output, src[level], attn_mask, pos[level], query_pos)
             output = self.transformer_self_attention_layers[i](output, query_pos)
             output = self.transformer_ffn_layers[i](output)
-            obj, masks, iou, attn_mask = self._heads(output, mask_features, sizes[(i + 1) % self.num_feature_levels])
+            nxt = (i + 1) % self.num_feature_levels
+            last = i == self.num_layers - 1
+            obj, masks, iou, attn_mask = self._heads(output, mask_features, sizes[nxt], None if small is None or last else small[nxt],
+                                                     need_attn=not last)
         embeds = self.decoder_norm(output).permute(1, 0, 2)
         return DecoderOutput(obj, masks, iou, embeds, aux if with_aux else [])
 
-    def _heads(self, output, mask_features, attn_size):
+    def _heads(self, output, mask_features, attn_size, small_features=None, need_attn=True):
+        """``small_features``: mask features already at ``attn_size``; then only the attention mask is
+        computed (``masks`` is None)."""
         x = self.decoder_norm(output).transpose(0, 1)  # [N, Q, d]
         obj = self.object_embed(x)
-        masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(x), mask_features)
+        embed = self.mask_embed(x)
         iou = self.iou_head(x).sigmoid()
-        attn = F.interpolate(masks, size=attn_size, mode="bilinear", align_corners=False)
+        if small_features is not None:
+            masks, attn = None, torch.einsum("bqc,bchw->bqhw", embed, small_features)
+        else:
+            masks = torch.einsum("bqc,bchw->bqhw", embed, mask_features)
+            if not need_attn:
+                return obj, masks, iou, None
+            attn = F.interpolate(masks, size=attn_size, mode="bilinear", align_corners=False)
         # sigmoid < 0.5  <=>  logit < 0: positions outside the predicted mask are blocked.
         attn_mask = (attn.sigmoid().flatten(2).unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1) < 0.5).detach()
         return obj, masks, iou, attn_mask
