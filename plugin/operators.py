@@ -149,8 +149,6 @@ class LearnFromCorrections(foo.Operator):
 
         req = P.parse_learn(ctx.params, ctx.dataset)
         s = learn(ctx.dataset, _target(ctx), req, _progress(ctx))
-        if not ctx.delegated:
-            ctx.trigger("reload_dataset")
         return {"status": s.status, "reason": s.reason, "line": s.line, "version": s.version,
                 "model": f"line:{s.line}" if s.serving else "", "serving": s.serving, "new_masks": s.new_masks,
                 "before": s.before, "after": s.after, "run_key": s.run_key}
