@@ -124,8 +124,10 @@ def learn_form(ctx):
     line = P.default_line_name(ctx.dataset)
     inputs.str("model_line", default=line, label="Model line",
                description="Versions trained from this dataset's corrections; the segment operator lists it as line:NAME")
-    _suggest(inputs, "base_model", sources.local_checkpoints(), "Base model",
-             "Checkpoint (or line:NAME) a new line starts from; an existing line continues from its current version")
+    local = sources.local_checkpoints()
+    _suggest(inputs, "base_model", local, "Base model",
+             "Checkpoint (or line:NAME) a new line starts from; an existing line continues from its current version",
+             default=local[0] if len(local) == 1 else None)
     inputs.float("held_out", default=0.25, label="Held-out share",
                  description="Corrections kept aside to compare the current and the new version (0-1)")
     inputs.int("min_new", default=20, label="Minimum new masks", description="Skip the round below this many unused corrected masks")
