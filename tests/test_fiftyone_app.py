@@ -19,7 +19,7 @@ from test_fiftyone_env import (  # noqa: F401  (fixtures)
 from videogen import shape_frames, write_video
 
 ARTIFACT = ROOT / "artifacts" / "fiftyone_app.png"
-OPERATORS = ("segment_video_instances", "find_novel_categories", "evaluate_video_instances")
+OPERATORS = ("segment_video_instances", "find_novel_categories", "evaluate_video_instances", "learn_from_corrections")
 
 
 @pytest.fixture
