@@ -19,6 +19,7 @@ from .errors import InputError
 from .instances import InstanceTrace, build_tracks
 from .matching import MatchRecord, TemporalMatcher
 from .precision import autocast, check_precision
+from .prefetch import Prefetch
 from .preprocess import geometry, prepare_frames
 from .scoring import VideoScores, frame_class_logits, select_instances
 from .store import FrameStore, OutputGeometry
@@ -91,7 +92,12 @@ def _frames_source(source, opts: SegmentOptions):
 
     reader = open_video(source, frame_stride=opts.frame_stride, start_time=opts.start_time,
                         end_time=opts.end_time, max_frames=opts.max_frames)
-    return reader.info, (f for _, f in reader), reader.close
+    frames = Prefetch(f for _, f in reader)  # decoded in a thread while the network runs
+
+    def close():
+        frames.close()  # the thread stops reading before the reader closes
+        reader.close()
+    return reader.info, frames, close
 
 
 class Segmenter:
