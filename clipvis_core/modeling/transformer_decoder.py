@@ -86,6 +86,9 @@ class FFNLayer(nn.Module):
 
 class MultiScaleMaskedTransformerDecoder(nn.Module):
     num_feature_levels = 3
+    # True: full-resolution masks at every layer even without aux outputs, as upstream computes them
+    # (the whole-video reference sets it so its cost stays upstream's).
+    upstream_masks = False
 
     def __init__(self, cfg: DecoderConfig, in_channels: int, mask_dim: int):
         super().__init__()
@@ -124,7 +127,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         # feed the next attention mask. Bilinear resizing is linear, so resize(embed . features) ==
         # embed . resize(features): reading the 3 resized feature maps skips the [Q, H/4, W/4]
         # product at every layer (identical up to float rounding).
-        small = None if with_aux else [F.interpolate(mask_features, size=s, mode="bilinear", align_corners=False)
+        small = None if with_aux or self.upstream_masks else [F.interpolate(mask_features, size=s, mode="bilinear", align_corners=False)
                                        for s in sizes]
         obj, masks, iou, attn_mask = self._heads(output, mask_features, sizes[0], small[0] if small and self.num_layers else None)
         for i in range(self.num_layers):
