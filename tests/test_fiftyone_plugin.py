@@ -101,6 +101,25 @@ def test_rerun_on_selection_replaces_the_field(ds, small_card):
     check_video_labels(first, "pred", stored_tracks(first, small_card))
 
 
+def test_segment_in_bf16_is_its_own_job(ds, small_card):
+    dataset, _ = ds
+    first = dataset.first()
+    run_op("segment_video_instances", dataset, seg_params(small_card, label_field="pred_bf16", precision="bf16",
+                                                          view_target="SELECTED_SAMPLES"), selected=[first.id])
+    first.reload()
+    dataset.reload()
+    from clipvis_core.jobs import JobSpec, lookup
+
+    spec = JobSpec(media=first.filepath, vocabulary=["disc", "rectangle, box", "square"], checkpoint=str(small_card),
+                   options={"frame_stride": 1, "score_threshold": 0.0, "precision": "bf16"})
+    tracks = lookup(spec)
+    assert tracks is not None and tracks.options["precision"] == "bf16"
+    assert spec.key() != JobSpec(media=first.filepath, vocabulary=spec.vocabulary, checkpoint=str(small_card),
+                                 options={"frame_stride": 1, "score_threshold": 0.0}).key()
+    check_video_labels(first, "pred_bf16", tracks)
+    assert dataset.info["clipvis_runs"]["pred_bf16"]["precision"] == "bf16"
+
+
 def test_find_novel_categories_on_known_labels(fo_session):
     import fiftyone as fo
 
