@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "evaluate",
     "train",
     "adapt",
+    "models",
     "jobs",
     "fiftyone_cmd",
     "labelstudio_cmd",
