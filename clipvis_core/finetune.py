@@ -139,16 +139,47 @@ def finetune(req: FinetuneRequest) -> FinetuneOutcome:
                                 output=vdir / "run", config=default_config(req), device=req.device,
                                 images_dir=req.images_dir, quiet=req.quiet, progress=req.progress,
                                 should_stop=req.should_stop))
-    before = score(parent.checkpoint, held, req.device)
-    after = score(str(result.card), held, req.device)
-    lineage.checkpoint = str(Path(result.card).resolve())
+    return judge(line, lineage, parent, str(result.card), held, req.device, new_masks)
+
+
+def judge(line: ModelLine, lineage: Lineage, parent: Lineage, card: str, held, device: str,
+          new_masks: int = 0) -> FinetuneOutcome:
+    """Score parent and candidate on ``held``; record the lineage; promote the candidate if not worse."""
+    before = score(parent.checkpoint, held, device)
+    after = score(card, held, device)
+    lineage.checkpoint = str(Path(card).resolve())
     lineage.metrics = {"parent": before, "candidate": after, "primary": PRIMARY}
     lineage.created = time.time()
+    change = f"held-out {PRIMARY} {before.get(PRIMARY, 0):.4f} -> {after.get(PRIMARY, 0):.4f}"
     if after.get(PRIMARY, 0.0) >= before.get(PRIMARY, 0.0):
-        lineage.promoted, lineage.reason = True, f"held-out {PRIMARY} {before.get(PRIMARY, 0):.4f} -> {after.get(PRIMARY, 0):.4f}: not worse"
+        lineage.promoted, lineage.reason = True, f"{change}: not worse"
         line.record(lineage)
-        line.promote(version)
+        line.promote(lineage.version)
         return FinetuneOutcome("promoted", lineage.reason, new_masks, lineage)
-    lineage.reason = f"held-out {PRIMARY} {before.get(PRIMARY, 0):.4f} -> {after.get(PRIMARY, 0):.4f}: worse, kept {parent.version}"
+    lineage.reason = f"{change}: worse, kept {parent.version}"
     line.record(lineage)
     return FinetuneOutcome("rejected", lineage.reason, new_masks, lineage)
+
+
+def promote_trained_run(init: str, card: str, val: list[str], data: list[str], steps: int, device: str,
+                        images_dir: str | None = None) -> FinetuneOutcome:
+    """``clipvis train --promote-if-better``: a run started from ``line:NAME`` joins that line as a
+    version, promoted when it is not worse than its parent on the ``--val`` data."""
+    from .training.data import open_source
+
+    line_ref = init[5:] if init.startswith("line:") else None
+    if not line_ref:
+        raise InputError("--promote-if-better needs --init line:NAME (the model line the run should join)")
+    if not val:
+        raise InputError("--promote-if-better needs --val SOURCE: held-out data to compare the run with its parent")
+    name, _, version = line_ref.partition("@")
+    line = ModelLine.open(name)
+    parent = line.get(version) if version else line.current()
+    held = [r for spec in val for r in open_source(spec, images_dir=images_dir) if mask_count(r)]
+    if not held:
+        raise InputError(f"--val {' '.join(val)} holds no masks to compare on")
+    new_version, _ = line.next_version()
+    lineage = Lineage(new_version, parent.version, "finetune", "", data={"sources": list(data), "val": list(val)},
+                      steps=steps, reason="evaluating")
+    line.record(lineage)
+    return judge(line, lineage, parent, card, held, device)

@@ -112,3 +112,24 @@ def test_finetune_promotes_rejects_worse_and_survives_a_crash(models_dir, tmp_pa
     assert not crashed.promoted and "interrupted" in crashed.reason
     assert resolve_checkpoint("line:shapes").name == f"shapes@{good.lineage.version}"
     shutil.rmtree(models_dir)
+
+
+def test_train_promote_if_better_joins_the_line(models_dir, tmp_path, capsys):
+    data = str(write_ytvis(tmp_path / "d", 6, seed=1, num_frames=1))
+    cfg = tmp_path / "fast.json"
+    cfg.write_text(json.dumps(FAST))
+    base = ["train", "--data", data, "--output", str(tmp_path / "run"), "--steps", "2", "--batch-size", "2",
+            "--config", str(cfg), "--device", "cpu", "--quiet"]
+    assert main(base + ["--init", "random:tiny", "--promote-if-better", "--val", data]) == 2
+    assert "--init line:NAME" in capsys.readouterr().err
+    line = ModelLine.create("cli-line", "random:tiny")
+    assert main(base + ["--init", "line:cli-line", "--promote-if-better"]) == 2
+    assert "--val SOURCE" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    assert main(base + ["--init", "line:cli-line", "--promote-if-better", "--val", data]) == 0
+    v = line.versions()[-1]
+    assert v.version == "v1" and v.parent == "v0" and v.steps == 2 and v.data["val"] == [data]
+    key = v.metrics["primary"]
+    assert v.promoted == (v.metrics["candidate"][key] >= v.metrics["parent"][key])
+    assert line.current().version == ("v1" if v.promoted else "v0")
+    assert ("promoted as v1" if v.promoted else "rejected as v1") in capsys.readouterr().err

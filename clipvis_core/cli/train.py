@@ -22,6 +22,9 @@ def register(subparsers) -> None:
     _add_run_args(p)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda when available")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+    p.add_argument("--promote-if-better", action="store_true",
+                   help="with --init line:NAME and --val: add the run to that model line and promote it only if its "
+                        "class-agnostic AP on --val is not worse than its parent's (see `clipvis models`)")
     p.set_defaults(func=run)
 
     s = subparsers.add_parser(
@@ -93,10 +96,23 @@ def build_request(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from ..training.loop import train
 
-    result = train(build_request(args))
-    if not args.quiet:
-        from ..training.distributed import from_env
+    from ..training.distributed import from_env
 
+    if args.promote_if_better:
+        from ..versions import resolve_line
+
+        if not args.init.startswith("line:") or not args.val:
+            raise InputError("--promote-if-better needs --init line:NAME (the model line to join) and --val SOURCE "
+                             "(held-out data to compare the run with its parent)")
+        args.init = f"line:{resolve_line(args.init[5:])[0]}"  # the parent stays the version trained from
+    req = build_request(args)
+    result = train(req)
+    if args.promote_if_better and from_env().is_main:
+        from ..finetune import promote_trained_run
+
+        out = promote_trained_run(args.init, str(result.card), args.val, args.data, result.steps, req.device, args.images)
+        print(f"{out.status} as {out.lineage.version}: {out.reason}", file=sys.stderr)
+    if not args.quiet:
         if from_env().is_main:
             last = f"; last loss {result.losses[-1]:.4f}" if result.losses else ""
             val = "".join(f"; {k} {100 * v:.1f}" for k, v in result.validation.items())
