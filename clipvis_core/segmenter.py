@@ -191,7 +191,7 @@ class Segmenter:
                 for batch in _windows(frames, window):
                     x = prepare_frames(batch, geom, mean, std, self.device)
                     with torch.inference_mode(), self._autocast(opts.precision):
-                        out = self.model.forward_frames(x, trunk_batch=1 if self.device.type == "cpu" else None)
+                        out = self.model.forward_frames(x)
                     for i in range(len(batch)):
                         with torch.inference_mode():  # not held across the yield
                             self._frame(done, out, i, matcher, text, scores, store, trace)
@@ -236,10 +236,9 @@ class Segmenter:
 
     def default_window(self) -> int:
         """Frames per network forward. Outputs do not depend on it (frames are independent until
-        matching). On CPU the trunk still runs one frame at a time (ConvNeXt-B at 480p: 2.2 s/frame
-        alone vs 3.3 s/frame in upstream's windows of 10, whose activations overflow the caches) and
-        the heads take 5 frames (transformer decoder 2.06 -> 1.33 s/frame on a busy 2-core machine)."""
-        return self.cfg.inference.window if self.device.type == "cuda" else 5
+        matching); on CPU one frame at a time is fastest (ConvNeXt-B at 480p: 2.2 s/frame alone vs
+        3.3 s/frame in upstream's windows of 10, whose activations overflow the caches)."""
+        return self.cfg.inference.window if self.device.type == "cuda" else 1
 
     def _autocast(self, precision: str):
         # ``autocast=True`` at load time is the older spelling of fp16 on CUDA.

@@ -51,19 +51,9 @@ class ClipVisModel(nn.Module):
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
-    def forward_frames(self, images: torch.Tensor, keep_intermediates: bool = False,
-                       trunk_batch: int | None = None) -> FrameOutputs:
-        """images: [N, 3, H, W] normalised and padded to the size divisibility. ``trunk_batch``: frames
-        per trunk call (None: all at once). On CPU the streaming segmenter passes 1: a window of
-        ConvNeXt-B activations overflows the caches, while the heads' many small products (100
-        queries) amortise over the window. Frames are independent until matching: same outputs."""
-        step = trunk_batch or len(images)
-        if step >= len(images):
-            feats = self.backbone(images)
-        else:
-            parts = [self.backbone(images[i:i + step]) for i in range(0, len(images), step)]
-            feats = BackboneFeatures(*(torch.cat([getattr(f, k) for f in parts]) for k in
-                                       ("res2", "res3", "res4", "res5", "clip_vis_dense")))
+    def forward_frames(self, images: torch.Tensor, keep_intermediates: bool = False) -> FrameOutputs:
+        """images: [N, 3, H, W] normalised and padded to the size divisibility."""
+        feats = self.backbone(images)
         pixel = self.sem_seg_head.pixel_decoder(feats)
         dec = self.sem_seg_head.predictor(pixel.multi_scale, pixel.mask_features, with_aux=keep_intermediates)
         return FrameOutputs(dec, feats.clip_vis_dense, feats if keep_intermediates else None, pixel if keep_intermediates else None)
