@@ -81,7 +81,7 @@ def test_app_lists_operators_and_shows_written_labels(app, app_dataset, tmp_path
         "target": "inputs", "params": {"vocabulary_source": "text"}}).json()
     props = form["type"]["properties"]
     assert {"view_target", "classes", "checkpoint", "score_threshold", "max_tracks", "frame_stride", "label_field",
-            "store_masks"} <= set(props)
+            "store_masks", "precision"} <= set(props)
     assert props["problem"]["invalid"] and "empty vocabulary" in props["problem"]["error_message"]
 
     screenshot(f"{app}/datasets/{app_dataset.name}", ARTIFACT, tmp_path / "chrome")
