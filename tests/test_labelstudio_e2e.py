@@ -8,8 +8,6 @@ import base64
 import json
 import math
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +20,7 @@ import numpy as np
 import pytest
 import requests
 from lsconfigs import IMAGE_CONFIG
+from test_backend_helpers import free_port as _free_port, stop as _stop, wait_http as _wait_http
 from videogen import make_video, shape_frames
 
 from backend.brush import mask_to_rle
@@ -41,36 +40,6 @@ CONFIG = """<View>
 </View>"""
 LABELS = {"Vehicle", "Ball"}
 BASIC = ("clipvis-e2e", "e2e-backend-pass")  # BASIC_AUTH_USER / BASIC_AUTH_PASS of the backend
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{url} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    pytest.fail(f"{url} did not answer within {timeout:.0f}s:\n{log.read_text()[-3000:]}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)  # the process group we started (start_new_session)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @dataclass

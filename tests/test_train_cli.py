@@ -1,6 +1,5 @@
 """`clipvis train` as a user runs it, its one-line errors, and `clipvis eval --class-agnostic`."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -6,9 +6,6 @@ as it was, and the next annotation event (or "Start training") submits a fresh o
 from __future__ import annotations
 
 import logging
-import time
-
-from .settings import JobSettings
 
 log = logging.getLogger("clipvis.jobs")
 
@@ -17,30 +14,18 @@ def register(app) -> None:
     from celery.exceptions import Ignore
 
     from .learning import LEARN_TASK
-    from .train_task import TRAIN_TIME_LIMIT
+    from .train_task import TRAIN_TIME_LIMIT, step_reporting
 
     @app.task(name=LEARN_TASK, bind=True, acks_late=False, max_retries=0, time_limit=TRAIN_TIME_LIMIT)
     def learn(self, spec_dict: dict) -> dict:
         from .learning import LearnJobSpec, run_learning_job
         from .runner import JobCancelled
-        from .store import redis_client
 
         job_id = self.request.id
-        cfg = JobSettings.from_env()
-        rc = redis_client(cfg.redis_url) if cfg.redis_url else None
-        cancel_key = f"{cfg.redis_prefix}:cancel:{job_id}"
-        last = [0.0]
-
-        def progress(p) -> None:
-            now = time.monotonic()
-            if now - last[0] >= cfg.progress_interval or p.step == p.total:
-                last[0] = now
-                self.update_state(state="PROGRESS", meta={"step": p.step, "steps_total": p.total, "loss": p.loss,
-                                                          "fps": p.steps_per_s})
-
+        progress, cancelled = step_reporting(self)
         spec = LearnJobSpec.from_dict(spec_dict)
         try:
-            outcome = run_learning_job(spec, progress, lambda: bool(rc is not None and rc.exists(cancel_key)))
+            outcome = run_learning_job(spec, progress, cancelled)
         except JobCancelled:
             log.info("cancelled %s job %s (line %s)", spec.kind, job_id, spec.line)
             self.backend.mark_as_revoked(job_id, "cancelled", request=self.request)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import InputError
-from .handle import JobHandle, JobStatus
+from .handle import JobHandle
 from .runner import JobCancelled
 from .settings import JobSettings
 from .spec import KEY_LENGTH

@@ -24,28 +24,35 @@ def register(app) -> None:
     @app.task(name=TRAIN_TASK, bind=True, acks_late=False, max_retries=0, time_limit=TRAIN_TIME_LIMIT)
     def train(self, spec_dict: dict) -> dict:
         from .runner import JobCancelled
-        from .store import redis_client
         from .training import TrainJobSpec, run_train_job
 
-        job_id = self.request.id
-        cfg = JobSettings.from_env()
-        rc = redis_client(cfg.redis_url) if cfg.redis_url else None
-        cancel_key = f"{cfg.redis_prefix}:cancel:{job_id}"
-        last = [0.0]
-
-        def progress(p) -> None:
-            now = time.monotonic()
-            if now - last[0] >= cfg.progress_interval or p.step == p.total:
-                last[0] = now
-                self.update_state(state="PROGRESS", meta={"step": p.step, "steps_total": p.total, "loss": p.loss,
-                                                          "fps": p.steps_per_s})
-
+        progress, cancelled = step_reporting(self)
         spec = TrainJobSpec.from_dict(spec_dict)
         t0 = time.monotonic()
         try:
-            card = run_train_job(spec, progress, lambda: bool(rc is not None and rc.exists(cancel_key)))
+            card = run_train_job(spec, progress, cancelled)
         except JobCancelled:
-            log.info("cancelled training job %s (%s)", job_id, spec.output)
-            self.backend.mark_as_revoked(job_id, "cancelled", request=self.request)
+            log.info("cancelled training job %s (%s)", self.request.id, spec.output)
+            self.backend.mark_as_revoked(self.request.id, "cancelled", request=self.request)
             raise Ignore()
         return {"card": str(card), "output": spec.output, "seconds": time.monotonic() - t0}
+
+
+def step_reporting(task):
+    """(progress callback, cancelled poll) of a step-based Celery job (training, learning rounds):
+    throttled PROGRESS states with step / total / loss, and the job's Redis cancel flag."""
+    from .store import redis_client
+
+    cfg = JobSettings.from_env()
+    rc = redis_client(cfg.redis_url) if cfg.redis_url else None
+    cancel_key = f"{cfg.redis_prefix}:cancel:{task.request.id}"
+    last = [0.0]
+
+    def progress(p) -> None:
+        now = time.monotonic()
+        if now - last[0] >= cfg.progress_interval or p.step == p.total:
+            last[0] = now
+            task.update_state(state="PROGRESS", meta={"step": p.step, "steps_total": p.total, "loss": p.loss,
+                                                      "fps": p.steps_per_s})
+
+    return progress, lambda: bool(rc is not None and rc.exists(cancel_key))

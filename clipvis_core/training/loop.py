@@ -144,7 +144,7 @@ def _unwrap(module):
 def _train(req: TrainRequest, info: D.DistInfo, device: torch.device) -> TrainResult:
     from .criterion import SetCriterion
     from .optim import build_optimizer, build_scheduler
-    from .step import forward_losses, prepare_for_training, trainable_parameters
+    from .step import forward_losses, prepare_for_training
 
     cfg = req.config
     _check_config(cfg, info)

@@ -7,7 +7,6 @@ full-model gradient-norm clipping done inside ``step()`` (detectron2's
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
