@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import tempfile
 import sys
 import time
 from dataclasses import dataclass
@@ -168,7 +169,7 @@ def wait_delegated(op_ids: list[str], env: dict, timeout: float = 240) -> dict:
     from fiftyone.operators.delegated import DelegatedOperationService
 
     dos = DelegatedOperationService()
-    log = open(Path(env["CLIPVIS_CACHE_DIR"]).parent / "delegated.log", "ab")
+    log = open(Path(tempfile.mkdtemp(prefix="clipvis-delegated-")) / "delegated.log", "ab")
     proc = subprocess.Popen([fiftyone_cli(), "delegated", "launch"], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

@@ -46,6 +46,7 @@ BASIC = ("clipvis-e2e", "e2e-backend-pass")  # BASIC_AUTH_USER / BASIC_AUTH_PASS
 class LS:
     url: str
     tmp: Path
+    pat: str | None = None
 
     def api(self, method: str, path: str, token: str = TOKEN, **kw):
         r = requests.request(method, self.url + path, headers={"Authorization": f"Token {token}"}, timeout=120, **kw)
@@ -62,6 +63,12 @@ class LS:
 
     def predictions(self, task: int) -> list[dict]:
         return self.api("GET", "/api/predictions", params={"task": task})
+
+    def personal_token(self) -> str:
+        """The admin's personal access token; Label Studio gives one per user, so it is made once a session."""
+        if self.pat is None:
+            self.pat = self.api("POST", "/api/token/")["token"]
+        return self.pat
 
 
 def start_label_studio(tmp_path_factory):
@@ -187,7 +194,7 @@ def test_prelabel_then_retrieve(label_studio, backend, backend_env, videos):
     ls = label_studio
     project = ls.project("clipvis prelabel")
     tasks = {ls.upload(project, videos["a"]): videos["a"], ls.upload(project, videos["b"]): videos["b"]}
-    pat = ls.api("POST", "/api/token/")["token"]  # a personal access token: the Bearer flow
+    pat = ls.personal_token()  # a personal access token: the Bearer flow
     run = subprocess.run([sys.executable, "-m", "clipvis_core", "labelstudio", "prelabel", "--project", str(project),
                           "--url", ls.url, "--token", pat], cwd=ROOT, env=backend_env, capture_output=True, text=True,
                          timeout=300)

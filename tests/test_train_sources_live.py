@@ -169,7 +169,7 @@ def test_labelstudio_project_through_the_api(label_studio, debian_examples, tmp_
     (again,) = open_source(f"labelstudio:{project}")
     assert again.frames == rec.frames and cached[0].stat().st_mtime_ns == stamp  # downloaded once
     # A personal access token (JWT) works too: exchanged for a Bearer token, as the backend does.
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", ls.api("POST", "/api/token/")["token"])
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", ls.personal_token())
     monkeypatch.setenv("CLIPVIS_CACHE_DIR", str(tmp_path / "cache-pat"))
     (by_pat,) = open_source(f"labelstudio:{project}")
     assert np.array_equal(decode(by_pat).frames, s.frames) and "cache-pat" in by_pat.frames[0]
