@@ -190,13 +190,15 @@ class ModelConfig:
         )
 
 
-def _build(cls, d: dict):
+def _build(cls, d):
+    """A typed config from a JSON dict (lists become tuples); an instance passes through."""
+    if isinstance(d, cls):
+        return d
     names = {f.name for f in fields(cls)}
     unknown = set(d) - names
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
-    d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
-    return cls(**d)
+        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)} (known: {sorted(names)})")
+    return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
 
 
 def released_config(name: str) -> ModelConfig:

@@ -7,8 +7,10 @@ that ``clipvis train --config`` takes; unknown keys are an error.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from ..config import _build
 
 
 @dataclass(frozen=True)
@@ -161,12 +163,3 @@ class TrainConfig:
             num_workers=cfg.get("DATALOADER", {}).get("NUM_WORKERS", d.num_workers),
         )
 
-
-def _build(cls, d):
-    if isinstance(d, cls):
-        return d
-    names = {f.name for f in fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)} (known: {sorted(names)})")
-    return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
