@@ -14,6 +14,7 @@ from ..errors import ClipvisError
 COMMAND_MODULES = [
     "segment",
     "checkpoints",
+    "card",
     "vocab",
     "evaluate",
     "train",
