@@ -177,16 +177,57 @@ def detect_config(sd: dict[str, torch.Tensor]) -> ModelConfig:
 _shape_cache: dict[str, dict[str, tuple]] = {}
 
 
+def check_head(resolved: ResolvedCheckpoint) -> None:
+    """The weights file's head (``sem_seg_head.*``) keys and shapes against the config, without
+    building the network: a card whose weights belong to another architecture fails here, in one line."""
+    if resolved.path is None:
+        return
+    head = {k: tuple(v.shape) for k, v in read_state_dict(resolved.path).items() if k.startswith("sem_seg_head.")}
+    want = _head_shapes(resolved.config)
+    if head == want:
+        return
+    missing = sorted(set(want) - set(head))
+    wrong = sorted(k for k in want if k in head and head[k] != want[k])
+    if not head:
+        why = "it has no sem_seg_head.* weights (is it a CLIP-VIS checkpoint?)"
+    elif wrong:
+        why = f"{len(wrong)} head weights differ in shape, e.g. {wrong[0]} {head[wrong[0]]} != {want[wrong[0]]}"
+    else:
+        why = f"{len(missing)} head weights missing, e.g. {missing[0]}" if missing else \
+            f"{len(set(head) - set(want))} unexpected head weights, e.g. {sorted(set(head) - set(want))[0]}"
+    raise WeightsError(f"{resolved.path.name} does not fit the architecture {resolved.config.name!r}: {why}; "
+                       "pick the config it was trained with (clipvis card CHECKPOINT --config ...)")
+
+
+class _quiet:
+    def __init__(self, level: int):
+        self.level = level
+
+    def __enter__(self):
+        import logging
+
+        logging.disable(self.level)
+
+    def __exit__(self, *exc):
+        import logging
+
+        logging.disable(logging.NOTSET)
+
+
 def _head_shapes(cfg: ModelConfig) -> dict[str, tuple]:
-    if cfg.name not in _shape_cache:
+    key = json.dumps(cfg.to_dict(), sort_keys=True, default=str)  # two configs may share a name
+    if key not in _shape_cache:
         from .modeling.model import SemSegHead
         from .modeling.clip_adapter import ClipAdapter, build_clip_model
 
-        with torch.device("meta"):
+        import logging
+
+        # Shapes only: open_clip's "no pretrained weights loaded" warning means nothing here.
+        with torch.device("meta"), _quiet(logging.WARNING):
             channels = ClipAdapter(build_clip_model(cfg.clip_model_name, cfg.clip_model_cfg)).channels
             head = SemSegHead(cfg, channels)
-        _shape_cache[cfg.name] = {f"sem_seg_head.{k}": tuple(v.shape) for k, v in head.state_dict().items()}
-    return _shape_cache[cfg.name]
+        _shape_cache[key] = {f"sem_seg_head.{k}": tuple(v.shape) for k, v in head.state_dict().items()}
+    return _shape_cache[key]
 
 
 def check_state_dict(expected: dict[str, torch.Tensor], sd: dict[str, torch.Tensor]) -> None:
