@@ -232,3 +232,27 @@ def test_sigkill_mid_job_is_finished_once_by_another_worker(cluster, media, tiny
     assert survivor.text().count(f"executed job key={spec.key()}") == 1
     assert f"executed job key={spec.key()}" not in victim.text()
     assert handle.status().state == "SUCCESS"
+
+
+def test_first_submissions_from_many_threads_all_get_the_app():
+    """The Label Studio backend submits from 16 threads at once; celery's lazy top-level module
+    once failed one of them with "cannot import name 'Celery'" (a task silently got no prediction).
+    Each try is a fresh interpreter, where the first import happens."""
+    code = ("import threading\n"
+            "from clipvis_core.jobs.celery_app import get_app\n"
+            "from clipvis_core.jobs.handle import JobHandle\n"
+            "from clipvis_core.jobs.settings import JobSettings\n"
+            "s = JobSettings.from_env(); errors = []\n"
+            "def go(i):\n"
+            "    try:\n"
+            "        JobHandle('x', 'k', s).status() if i == 0 else get_app(s)\n"
+            "    except Exception as e:\n"
+            "        errors.append(repr(e))\n"
+            "ts = [threading.Thread(target=go, args=(i,)) for i in range(16)]\n"
+            "[t.start() for t in ts]; [t.join() for t in ts]\n"
+            "assert not errors, errors[:2]\n")
+    env = {**os.environ, "CLIPVIS_BROKER_URL": "redis://127.0.0.1:6379/12", "CLIPVIS_RESULT_BACKEND":
+           "redis://127.0.0.1:6379/12"}
+    for _ in range(12):  # the race hit about 3 tries in 10 before the fix
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]

@@ -7,10 +7,15 @@ worker's job is redelivered to another worker after ``visibility_timeout``.
 from __future__ import annotations
 
 import functools
+import threading
 
 from .settings import JobSettings
 
 TASK_NAME = "clipvis.segment"
+
+# Backend threads submit jobs concurrently: celery's lazy top-level module is not safe to import
+# from two threads at once ("cannot import name 'Celery'"), and lru_cache may build twice.
+_build_lock = threading.Lock()
 
 
 def make_app(settings: JobSettings):
@@ -52,7 +57,8 @@ def _cached_app(settings: JobSettings):
 
 def get_app(settings: JobSettings | None = None):
     """The app for the current (or given) settings; one per distinct configuration."""
-    return _cached_app(settings or JobSettings.from_env())
+    with _build_lock:
+        return _cached_app(settings or JobSettings.from_env())
 
 
 def __getattr__(name: str):

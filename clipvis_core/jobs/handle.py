@@ -169,11 +169,12 @@ def _celery_submit(spec: JobSpec, queue: str, settings: JobSettings, task: str |
 
 
 def _celery_status(h: JobHandle) -> JobStatus:
-    from celery.result import AsyncResult
-
     from .celery_app import get_app
 
-    res = AsyncResult(h.id, app=get_app(h.settings))
+    app = get_app(h.settings)  # first: it imports celery under its lock (threads race on that import)
+    from celery.result import AsyncResult
+
+    res = AsyncResult(h.id, app=app)
     state, info = res.state, res.info
     if state == "PROGRESS" and isinstance(info, dict):
         return JobStatus(state, int(info.get("frames_done", 0)), info.get("frames_total"), float(info.get("fps", 0.0)),
