@@ -1,5 +1,6 @@
-"""clipvis FiftyOne plugin: registers the operators (their logic lives in the sibling modules)."""
+"""clipvis FiftyOne plugin: registers the operators and the runs panel (their logic lives in the sibling modules)."""
 from .operators import EvaluateVideoInstances, FindNovelCategories, LearnFromCorrections, SegmentVideoInstances
+from .panel import ClipvisRunsPanel
 
 
 def register(p):
@@ -7,3 +8,4 @@ def register(p):
     p.register(FindNovelCategories)
     p.register(EvaluateVideoInstances)
     p.register(LearnFromCorrections)
+    p.register(ClipvisRunsPanel)

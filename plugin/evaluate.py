@@ -21,7 +21,7 @@ class YtvisExport:
     results: list[dict]
 
 
-def export_ytvis(dataset, view, gt_field: str, pred_field: str) -> YtvisExport:
+def export_ytvis(dataset, view, gt_field: str, pred_field: str, base: frozenset[str] | None = None) -> YtvisExport:
     """Ground truth + results of a view in YTVIS format (masks pasted back to full frames)."""
     view.compute_metadata()  # frame sizes; a no-op for samples that have metadata
     ids, gts, preds = [], [], []
@@ -35,6 +35,9 @@ def export_ytvis(dataset, view, gt_field: str, pred_field: str) -> YtvisExport:
     gt, classes = to_ytvis(gts, classes, gt=True)
     results, extra = to_ytvis(preds, classes, gt=False)
     gt["categories"] = [{"id": i + 1, "name": c} for i, c in enumerate(extra)]
+    if base is not None:  # partitions 0 (base) / 2 (novel): the evaluator then reports both splits
+        for c in gt["categories"]:
+            c["partition"] = 0 if sources.normalize(c["name"]) in base else 2
     return YtvisExport(sample_ids=ids, gt=gt, results=results)
 
 
@@ -42,7 +45,7 @@ def evaluate_view(dataset, view, req: EvalRequest) -> dict:
     """Score the view, store the metrics on the dataset and per-sample scores on the samples."""
     from clipvis_core.evaluation import evaluate
 
-    data = export_ytvis(dataset, view, req.gt_field, req.pred_field)
+    data = export_ytvis(dataset, view, req.gt_field, req.pred_field, req.base_names)
     report = evaluate(data.gt, data.results, req.protocol)
     per_video = {v.video_id: v for v in report.per_video}
     iou, fp, matched = [], [], []
@@ -59,7 +62,8 @@ def evaluate_view(dataset, view, req: EvalRequest) -> dict:
     stored = dict(dataset.info.get("clipvis_evaluations", {}))
     stored[req.eval_key] = {"pred_field": req.pred_field, "gt_field": req.gt_field, "protocol": req.protocol,
                             "samples": len(data.sample_ids), "stats": metrics["stats"],
-                            "per_category": metrics["per_category"], "base_novel": metrics["base_novel"]}
+                            "per_category": metrics["per_category"], "base_novel": metrics["base_novel"],
+                            "base": req.base_description or None}
     dataset.info["clipvis_evaluations"] = stored
     dataset.save()
     return stored[req.eval_key]

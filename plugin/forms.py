@@ -11,6 +11,7 @@ import fiftyone.operators.types as types
 
 from clipvis_core.errors import InputError
 
+from . import memory
 from . import params as P
 from . import sources
 
@@ -24,6 +25,8 @@ def _radio(inputs, name: str, choices: list[tuple[str, str]], default: str, labe
 
 
 def _suggest(inputs, name: str, choices: list[str], label: str, description: str, default=None):
+    # `default` may be a remembered value outside the list: keep it selectable.
+    choices = choices + [default] if default and default not in choices else choices
     # Autocomplete rather than an enum: a typed value outside the list reaches our own check.
     view = types.AutocompleteView()
     for c in choices:
@@ -45,41 +48,55 @@ def _report(inputs, ctx, parse: Callable) -> None:
         inputs.view("problem", types.Error(label=str(e)), invalid=True, error_message=str(e))
 
 
-def vocabulary_inputs(inputs, ctx) -> None:
+def vocabulary_inputs(inputs, ctx, d: dict) -> None:
     _radio(inputs, "vocabulary_source",
            [("text", "Type classes"), ("builtin", "Built-in vocabulary"), ("field", "Classes of a label field")],
-           "text", "Vocabulary")
-    source = ctx.params.get("vocabulary_source") or "text"
+           d["vocabulary_source"], "Vocabulary")
+    source = ctx.params.get("vocabulary_source") or d["vocabulary_source"]
     if source == "text":
-        inputs.str("classes", label="Classes",
-                   description="One class per line or ';'-separated; synonyms after a comma (car, automobile)",
-                   view=types.TextFieldView())
+        inputs.str("classes", label="Classes", default=d.get("classes"),
+                   description="One class per line (Enter for a new line) or ';'-separated; synonyms after a comma: "
+                               "car, automobile",
+                   view=types.TextFieldView(multiline=True, rows=4))
     elif source == "builtin":
         _suggest(inputs, "builtin_vocabulary", sources.builtin_names(), "Built-in vocabulary",
-                 "e.g. lvvis, lvis:base, ytvis2019")
+                 "e.g. lvvis, lvis:base, ytvis2019", default=d.get("builtin_vocabulary"))
     else:
         _suggest(inputs, "vocabulary_field", sources.label_fields(ctx.dataset), "Label field",
-                 "Use the classes found in this Detections field")
+                 "Use the classes found in this Detections field", default=d.get("vocabulary_field"))
+
+
+RUN_MODES = [
+    ("background", "In the background: a clipvis worker segments, labels appear sample by sample; "
+                   "follow and cancel it in the 'clipvis runs' panel"),
+    ("operator", "In this operator run: a progress bar here (Execute), or Schedule it for `fiftyone delegated launch`"),
+]
 
 
 def segment_form(ctx):
     inputs = types.Object()
     inputs.view_target(ctx, action_description="Segment")
-    vocabulary_inputs(inputs, ctx)
     local = sources.local_checkpoints()
+    d = memory.defaults(ctx, "segment", dict(
+        run_mode="background", vocabulary_source="text", checkpoint=local[0] if len(local) == 1 else None,
+        score_threshold=0.1, max_tracks=20, frame_stride=1, precision="fp32", label_field=P.DEFAULT_FIELD,
+        store_masks=True))
+    _radio(inputs, "run_mode", RUN_MODES, d["run_mode"], "Run")
+    vocabulary_inputs(inputs, ctx, d)
     _suggest(inputs, "checkpoint", local, "Checkpoint",
-             "A registered checkpoint available on this machine, or a model card (.json) / .pth path",
-             default=local[0] if len(local) == 1 else None)
-    inputs.str("adapter", label="Classifier adapter (optional)",
+             "A checkpoint on this machine, random:tiny (random weights, to try the tool), or a model card .json / "
+             ".pth path (`clipvis card FILE.pth --config ...` writes a card)", default=d.get("checkpoint"))
+    inputs.str("adapter", label="Classifier adapter (optional)", default=d.get("adapter"),
                description="An adapter file from `clipvis adapt`: the classifier learnt from your corrections")
-    inputs.float("score_threshold", default=0.1, label="Score threshold", description="Drop tracks below this score (0-1)")
-    inputs.int("max_tracks", default=20, label="Maximum tracks per video", description="0 keeps every track")
-    inputs.int("frame_stride", default=1, label="Frame stride", description="Segment every n-th frame")
+    inputs.float("score_threshold", default=d["score_threshold"], label="Score threshold",
+                 description="Drop tracks below this score (0-1)")
+    inputs.int("max_tracks", default=d["max_tracks"], label="Maximum tracks per video", description="0 keeps every track")
+    inputs.int("frame_stride", default=d["frame_stride"], label="Frame stride", description="Segment every n-th frame")
     _radio(inputs, "precision", [("fp32", "fp32 (exact)"), ("bf16", "bf16 (faster; CPU or GPU)"), ("fp16", "fp16 (GPU only)")],
-           "fp32", "Precision")
-    inputs.str("label_field", default=P.DEFAULT_FIELD, label="Label field",
+           d["precision"], "Precision")
+    inputs.str("label_field", default=d["label_field"], label="Label field",
                description="Frame-level Detections field to write (replaced if it exists)")
-    inputs.bool("store_masks", default=True, label="Store masks", view=types.CheckboxView())
+    inputs.bool("store_masks", default=d["store_masks"], label="Store masks", view=types.CheckboxView())
     _report(inputs, ctx, P.parse_segment)
     return types.Property(inputs, view=types.View(label="Segment video instances (clipvis)"))
 
@@ -87,20 +104,26 @@ def segment_form(ctx):
 def novelty_form(ctx):
     inputs = types.Object()
     inputs.view_target(ctx, action_description="Score")
+    d = memory.defaults(ctx, "novelty", dict(base="lvis_base", min_score=0.0))
     _suggest(inputs, "pred_field", sources.label_fields(ctx.dataset), "Predictions field",
-             "The Detections field written by Segment video instances")
+             "The Detections field written by Segment video instances", default=d.get("pred_field"))
     _radio(inputs, "base",
            [("lvis_base", "LVIS base (frequent + common)"), ("lvvis_base", "LV-VIS base partition"),
             ("field", "Classes of a ground-truth field"), ("list", "A list of classes")],
-           "lvis_base", "Base vocabulary")
-    base = ctx.params.get("base") or "lvis_base"
+           d["base"], "Base vocabulary")
+    base = ctx.params.get("base") or d["base"]
     if base == "field":
-        _suggest(inputs, "base_field", sources.label_fields(ctx.dataset), "Ground-truth field", "Its classes are the base")
+        _suggest(inputs, "base_field", sources.label_fields(ctx.dataset), "Ground-truth field", "Its classes are the base",
+                 default=d.get("base_field"))
     elif base == "list":
-        inputs.str("base_classes", label="Base classes", description="One per line or ';'-separated",
-                   view=types.TextFieldView())
-    inputs.float("min_score", default=0.0, label="Minimum novelty to tag", description="0-1")
-    inputs.str("tag", default="novel", label="Tag for matching samples")
+        inputs.str("base_classes", label="Base classes", default=d.get("base_classes"),
+                   description="One per line (Enter for a new line) or ';'-separated",
+                   view=types.TextFieldView(multiline=True, rows=3))
+    inputs.float("min_score", default=d["min_score"], label="Minimum novelty to tag", description="0-1")
+    # Named after the predictions field: runs on two fields never share (and empty) each other's tag or view.
+    pred = (ctx.params.get("pred_field") or d.get("pred_field") or "").strip() or "PRED"
+    inputs.str("tag", label="Tag for matching samples", description=f"Empty: {pred}_novel")
+    inputs.str("view_name", label="Saved view", description=f"Empty: {pred} novel categories (opened when done)")
     _report(inputs, ctx, P.parse_novelty)
     return types.Property(inputs, view=types.View(label="Find novel categories (clipvis)"))
 
@@ -108,10 +131,18 @@ def novelty_form(ctx):
 def evaluate_form(ctx):
     inputs = types.Object()
     inputs.view_target(ctx, action_description="Evaluate")
+    d = memory.defaults(ctx, "evaluate", dict(protocol="ytvis", split="none"))
     fields = sources.label_fields(ctx.dataset)
-    _suggest(inputs, "pred_field", fields, "Predictions field", "Detections with confidences")
-    _suggest(inputs, "gt_field", fields, "Ground-truth field", "Detections with masks (or boxes)")
-    _radio(inputs, "protocol", [("ytvis", "YouTube-VIS"), ("lvvis", "LV-VIS")], "ytvis", "Protocol")
+    _suggest(inputs, "pred_field", fields, "Predictions field", "Detections with confidences", default=d.get("pred_field"))
+    _suggest(inputs, "gt_field", fields, "Ground-truth field", "Detections with masks (or boxes)", default=d.get("gt_field"))
+    _radio(inputs, "protocol", [("ytvis", "YouTube-VIS"), ("lvvis", "LV-VIS")], d["protocol"], "Protocol")
+    _radio(inputs, "split", [("none", "No base/novel split"), ("lvis_base", "Base = LVIS base (frequent + common)"),
+                             ("lvvis_base", "Base = LV-VIS base partition"), ("list", "Base = a list of classes")],
+           d["split"], "Base / novel split", description="Ground-truth classes in the base score as base, the rest as novel")
+    if (ctx.params.get("split") or d["split"]) == "list":
+        inputs.str("split_classes", label="Base classes", default=d.get("split_classes"),
+                   description="One per line (Enter for a new line) or ';'-separated",
+                   view=types.TextFieldView(multiline=True, rows=3))
     _report(inputs, ctx, P.parse_evaluate)
     return types.Property(inputs, view=types.View(label="Evaluate video instances (clipvis)"))
 

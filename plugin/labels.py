@@ -1,31 +1,8 @@
-"""Reading and writing one sample's labels.
-
-A sample is written in one go: its labels are computed completely first, then every frame's field
-and the summary are set and saved together, so a failure never leaves a half-labelled sample.
-"""
+"""Reading one sample's labels (writing lives in ``clipvis_core.export.fiftyone``: the background
+worker writes without the plugin)."""
 from __future__ import annotations
 
-from clipvis_core.export.fiftyone import SampleLabels, VideoLabels, group_tracks
-
-
-def summary_field(label_field: str) -> str:
-    return f"{label_field}_summary"
-
-
-def write_sample(sample, labels: SampleLabels, label_field: str) -> None:
-    """Replace ``label_field`` on the sample (every frame of a video) with ``labels``."""
-    if sample.media_type == "video":
-        # Frames this run did not label (stride, shorter decode) lose the previous run's labels.
-        for fn, frame in sample.frames.items():
-            if fn not in labels.frames and frame.has_field(label_field) and frame[label_field] is not None:
-                frame[label_field] = None
-        for fn, dets in labels.frames.items():
-            sample.frames[fn][label_field] = dets
-    else:
-        # An image is a one-frame video: its only frame's detections become the sample field.
-        sample[label_field] = labels.frames.get(1) or next(iter(labels.frames.values()), None)
-    sample[summary_field(label_field)] = labels.summary
-    sample.save()
+from clipvis_core.export.fiftyone import VideoLabels, group_tracks
 
 
 def frame_detections(sample, field: str) -> dict[int, list]:

@@ -14,6 +14,7 @@ from clipvis_core.vocabulary import Vocabulary
 from . import sources
 
 DEFAULT_FIELD = "clipvis"
+RUN_MODES = ("background", "operator")
 _FIELD_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
@@ -28,6 +29,16 @@ class SegmentRequest:
     store_masks: bool
     adapter: str | None = None  # classifier adapter file from `clipvis adapt`
     precision: str = "fp32"  # network arithmetic (clipvis_core.precision)
+    # "operator": inside the operator run (the default from Python: it returns when labels are written);
+    # "background": queued for the clipvis worker (the App form's default).
+    run_mode: str = "operator"
+
+    def run_spec(self):
+        from clipvis_core.runs import RunSpec
+
+        return RunSpec(vocabulary=tuple(self.vocabulary.entries), checkpoint=self.checkpoint, label_field=self.label_field,
+                       score_threshold=self.score_threshold, max_tracks=self.max_tracks, frame_stride=self.frame_stride,
+                       store_masks=self.store_masks, adapter=self.adapter, precision=self.precision)
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,8 @@ class EvalRequest:
     gt_field: str
     protocol: str
     eval_key: str
+    base_names: frozenset[str] | None = None  # GT classes in it score as base, the others as novel
+    base_description: str = ""
 
 
 def _number(params: dict, key: str, default, kind, lo=None, hi=None):
@@ -89,7 +102,15 @@ def parse_segment(params: dict, dataset) -> SegmentRequest:
         store_masks=params.get("store_masks") is not False,  # unset / None (form untouched) -> masks
         adapter=_adapter(params.get("adapter")),
         precision=_precision(params.get("precision")),
+        run_mode=run_mode(params),
     )
+
+
+def run_mode(params: dict) -> str:
+    mode = (params.get("run_mode") or "operator").strip()
+    if mode not in RUN_MODES:
+        raise InputError(f"run_mode must be one of {', '.join(RUN_MODES)}, got {mode!r}")
+    return mode
 
 
 def _precision(value) -> str:
@@ -124,10 +145,17 @@ def parse_novelty(params: dict, dataset) -> NoveltyRequest:
         pred_field=pred,
         novelty_field=out,
         classes_field=f"{out}_classes",
-        tag=(params.get("tag") or "novel").strip() or "novel",
+        tag=_tag(params.get("tag"), f"{pred}_novel"),
         view_name=(params.get("view_name") or f"{pred} novel categories").strip(),
         min_score=_number(params, "min_score", 0.0, float, lo=0.0, hi=1.0),
     )
+
+
+def _tag(value, default: str) -> str:
+    tag = (value or "").strip() or default
+    if any(c in tag for c in ",\n"):
+        raise InputError(f"tag {tag!r} may not contain commas or line breaks: use one tag name")
+    return tag
 
 
 def parse_evaluate(params: dict, dataset) -> EvalRequest:
@@ -142,7 +170,13 @@ def parse_evaluate(params: dict, dataset) -> EvalRequest:
 
     get_protocol(protocol)  # unknown names raise the evaluator's own message
     key = _field_name(params, "eval_key", f"{pred}_eval")
-    return EvalRequest(pred_field=pred, gt_field=gt, protocol=protocol, eval_key=key)
+    base, description = None, ""
+    split = params.get("split") or "none"
+    if split != "none":  # the novelty search's base vocabularies, under this form's own keys
+        base, description = sources.resolve_base_names(
+            {"base": split, "base_field": params.get("split_field"), "base_classes": params.get("split_classes")}, dataset)
+    return EvalRequest(pred_field=pred, gt_field=gt, protocol=protocol, eval_key=key, base_names=base,
+                       base_description=description)
 
 
 @dataclass(frozen=True)

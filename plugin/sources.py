@@ -156,29 +156,72 @@ def local_checkpoints() -> list[str]:
     return sorted(weights.available_checkpoints()) + [f"line:{name}" for name in list_lines()]
 
 
+_RANDOM_HINT = "random:tiny (random weights: tries the tool without downloads)"
+
+
 def check_checkpoint(value: str | None, param: str = "checkpoint") -> str:
-    """A registered name available locally, ``random:<config>``, ``line:NAME[@vN]``, or a model card (.json) / .pth path."""
+    """A registered name available locally, ``random:<config>``, ``line:NAME[@vN]``, or a model card (.json) / .pth
+    path whose weights fit its architecture (checked here, so a wrong file is refused in the form)."""
     from clipvis_core import weights
-    from clipvis_core.errors import WeightsError
 
     value = (value or "").strip()
     local = local_checkpoints()
     if not value:
         if len(local) == 1:
             return local[0]
-        raise InputError(f"{param} is required: use one of {', '.join(local) or '(none downloaded)'} or a .json/.pth path")
-    if value in local:
-        return value
+        raise InputError(f"{param} is required: use one of {', '.join(local) or '(none downloaded)'}, {_RANDOM_HINT}, "
+                         "or a model card .json / .pth path")
     path = Path(value).expanduser()
-    if value in weights.RELEASED or value.startswith(("random:", "line:")) or (path.suffix == ".json" and path.is_file()):
-        try:
-            # Cheap for these: reads a card or the registry, loads no weights. A registered name
-            # that is not downloaded fails here with where to get it.
-            weights.resolve_checkpoint(value)
-        except WeightsError as e:
-            raise InputError(str(e)) from None
+    if value in local or value in weights.RELEASED or value.startswith(("random:", "line:")) or \
+            (path.suffix == ".json" and path.is_file()):
+        _verify(value)
         return value
     if path.suffix in (".pth", ".pt") and path.is_file():
+        _verify(str(path))
         return str(path)
     raise InputError(f"unknown {param} {value!r}: use a locally available name "
-                     f"({', '.join(local) or 'none downloaded; see clipvis checkpoints'}) or an existing .json/.pth file")
+                     f"({', '.join(local) or 'none downloaded; see clipvis checkpoints'}), {_RANDOM_HINT}, "
+                     "or an existing .json/.pth file")
+
+
+# The form re-checks on every change: results are kept per file version (size, mtime).
+_head_checked: dict[tuple, str | None] = {}
+
+
+def _stamp(path: Path | None):
+    try:
+        st = path.stat()
+    except (OSError, AttributeError):
+        return None
+    return str(path.resolve()), st.st_size, st.st_mtime_ns
+
+
+def _verify(spec: str) -> None:
+    """Resolve the spec (a registered name not downloaded, a bad card, a .pth of no released architecture
+    fail with the weights module's one-line message) and check its weights fit the architecture."""
+    from clipvis_core import weights
+    from clipvis_core.errors import WeightsError
+
+    path = Path(spec).expanduser()
+    bare = path.suffix in (".pth", ".pt")  # resolving reads the whole state dict: cache it too
+    key = ("pth", _stamp(path)) if bare else None
+    if key not in _head_checked:
+        try:
+            resolved = weights.resolve_checkpoint(spec)
+            if not bare:
+                key = ("head", _stamp(resolved.path), repr(resolved.config))
+                if key in _head_checked:
+                    return _raise(_head_checked[key])
+            weights.check_head(resolved)
+            error = None
+        except WeightsError as e:
+            if not bare and key is None:
+                raise InputError(str(e)) from None  # cheap to redo: not cached (the user may fix it)
+            error = str(e)
+        _head_checked[key] = error
+    _raise(_head_checked[key])
+
+
+def _raise(error: str | None) -> None:
+    if error:
+        raise InputError(error)

@@ -114,6 +114,27 @@ def summarize(kept: list[Track]):
     )
 
 
+def summary_field(label_field: str) -> str:
+    return f"{label_field}_summary"
+
+
+def write_sample(sample, labels: SampleLabels, label_field: str) -> None:
+    """Replace ``label_field`` on the sample (every frame of a video) with ``labels``, in one save,
+    so a failure never leaves a half-labelled sample."""
+    if sample.media_type == "video":
+        # Frames this run did not label (stride, shorter decode) lose the previous run's labels.
+        for fn, frame in sample.frames.items():
+            if fn not in labels.frames and frame.has_field(label_field) and frame[label_field] is not None:
+                frame[label_field] = None
+        for fn, dets in labels.frames.items():
+            sample.frames[fn][label_field] = dets
+    else:
+        # An image is a one-frame video: its only frame's detections become the sample field.
+        sample[label_field] = labels.frames.get(1) or next(iter(labels.frames.values()), None)
+    sample[summary_field(label_field)] = labels.summary
+    sample.save()
+
+
 def paste_mask(det, width: int, height: int) -> np.ndarray:
     """A FiftyOne detection -> full-frame bool mask (box filled when it has no mask)."""
     import cv2
