@@ -170,7 +170,7 @@ def detect_config(sd: dict[str, torch.Tensor]) -> ModelConfig:
             return cfg
     raise WeightsError(
         "checkpoint does not match any released CLIP-VIS architecture (ConvNeXt-B / RN50, 7 or 10 decoder layers): "
-        "write a model card .json with its config"
+        "write a model card for it: clipvis card FILE.pth --config CONFIG"
     )
 
 
