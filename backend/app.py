@@ -3,7 +3,8 @@
 Every route but ``/health`` (and ``/``) needs HTTP basic auth when ``BASIC_AUTH_USER`` /
 ``BASIC_AUTH_PASS`` are set. Errors are JSON ``{"detail": "<one line>"}`` with a status that
 says whose fault it is (400 body, 401 credentials, 403 pinned host, 409 not set up, 413 too big,
-422 unsupported config, 500 ours); tracebacks go to the server log only.
+422 unsupported config, 500 ours), and the same line as the HTTP reason phrase (what Label Studio
+shows); tracebacks go to the server log only.
 """
 from __future__ import annotations
 
@@ -30,9 +31,19 @@ STATUS = ((ConfigTooLarge, 413), (ConfigError, 422), (HostRefused, 403), (NotSet
           (InputError, 400))
 
 
+def reason_phrase(detail: str, limit: int = 400) -> str:
+    """``detail`` as an HTTP reason phrase (printable ASCII, one line). Label Studio reports a failed
+    backend call as ``str(requests.HTTPError)``, "<status> Client Error: <reason> for url: ...",
+    and never reads the body: the reason phrase is the only text of ours its UI shows. The UI
+    renders it as HTML, so tags become [Video]: visible, and config text cannot inject markup."""
+    text = " ".join("".join(c if " " <= c <= "~" else "?" for c in line) for line in detail.splitlines())
+    text = text.replace("<", "[").replace(">", "]")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _error(status: int, detail: str, headers: dict | None = None):
     response = jsonify({"detail": detail})
-    response.status_code = status
+    response.status = f"{status} {reason_phrase(detail)}" if detail else status
     response.headers.update(headers or {})
     return response
 
@@ -76,7 +87,8 @@ def create_app(settings: BackendSettings | None = None, learn: LearnSettings | N
     @app.errorhandler(Exception)
     def any_error(e: Exception):
         for cls, status in STATUS:
-            if isinstance(e, cls):
+            if isinstance(e, cls):  # the caller's fault: one line, no traceback
+                log.warning("%s %s refused (HTTP %d): %s", request.method, request.path, status, e)
                 return _error(status, str(e))
         if isinstance(e, ClipvisError):  # ours, e.g. a missing checkpoint: the message says the fix
             log.error("%s %s: %s", request.method, request.path, e)

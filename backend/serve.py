@@ -42,11 +42,28 @@ def check_exposure(settings: BackendSettings, host: str, allow_unauthenticated: 
     log.warning("serving on %s WITHOUT authentication (--allow-unauthenticated)", host)
 
 
+LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"  # gunicorn's, plus the logger
+
+
+def log_to_stderr(level: int = logging.INFO) -> None:
+    """Show clipvis' info lines (``pushed prediction for task N``, refused requests) beside gunicorn's.
+    gunicorn configures only its own loggers; without a handler Python prints warnings and up only."""
+    root = logging.getLogger("clipvis")
+    if not any(getattr(h, "clipvis_serve", False) for h in root.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT, "%Y-%m-%d %H:%M:%S %z"))
+        handler.clipvis_serve = True
+        root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False  # once, even when the host process also logs the root logger
+
+
 def serve(settings: BackendSettings, host: str = "127.0.0.1", port: int = 9090, threads: int = 8,
           allow_unauthenticated: bool = False) -> None:
     """Run the app under gunicorn: one process (jobs, dedupe and pushes are per process), N threads."""
     from gunicorn.app.base import BaseApplication
 
+    log_to_stderr()
     check_exposure(settings, host, allow_unauthenticated)
     app = create_app(settings)
 

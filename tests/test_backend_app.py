@@ -142,12 +142,25 @@ def test_image_task_gets_masks_boxes_and_polygons(env):
         assert pts.shape[1] == 2 and len(pts) >= 3 and pts.min() >= 0 and pts.max() <= 100
 
 
-def test_unsupported_config_error_names_supported_tags(env):
+def test_unsupported_config_error_names_supported_tags(env, caplog):
     client = create_app(env.settings).test_client()
-    r = _setup(client, env, '<View><Text name="t" value="$text"/><Choices name="c" toName="t"><Choice value="a"/></Choices></View>')
+    with caplog.at_level("INFO", logger="clipvis"):
+        r = _setup(client, env, '<View><Text name="t" value="$text"/><Choices name="c" toName="t"><Choice value="a"/></Choices></View>')
     assert r.status_code == 422
     detail = r.get_json()["detail"]
     assert "not supported" in detail and "<VideoRectangle>" in detail and "<BrushLabels>" in detail
+    # Label Studio shows only the reason phrase, as HTML: the same line, tags in brackets.
+    assert r.status == "422 " + detail.replace("<", "[").replace(">", "]")
+    (record,) = [rec for rec in caplog.records if rec.name.startswith("clipvis")]
+    assert record.levelname == "WARNING" and "POST /setup refused (HTTP 422)" in record.getMessage()
+    assert record.exc_info is None  # one line, no traceback
+
+
+def test_reason_phrase_is_one_printable_line_without_markup():
+    from backend.app import reason_phrase
+
+    assert reason_phrase('bad <img src=x onerror="a()">\nnext\tline \u00e9') == 'bad [img src=x onerror="a()"] next?line ?'
+    assert len(reason_phrase("x" * 1000)) == 400
 
 
 @pytest.mark.parametrize("url, message", [
