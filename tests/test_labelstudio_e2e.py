@@ -40,6 +40,7 @@ CONFIG = """<View>
 </View>"""
 LABELS = {"Vehicle", "Ball"}
 BASIC = ("clipvis-e2e", "e2e-backend-pass")  # BASIC_AUTH_USER / BASIC_AUTH_PASS of the backend
+ADMIN = ("e2e@example.com", "e2e-password")  # Label Studio's user (the browser tests log in with it)
 
 
 @dataclass
@@ -77,8 +78,7 @@ def start_label_studio(tmp_path_factory):
         "Label Studio is not installed: python3.11 -m venv .venv-ls && .venv-ls/bin/pip install label-studio==1.23.2")
     tmp = tmp_path_factory.mktemp("labelstudio")
     port = _free_port()
-    env = dict(os.environ, LABEL_STUDIO_USER_TOKEN=TOKEN, LABEL_STUDIO_USERNAME="e2e@example.com",
-               LABEL_STUDIO_PASSWORD="e2e-password")
+    env = dict(os.environ, LABEL_STUDIO_USER_TOKEN=TOKEN, LABEL_STUDIO_USERNAME=ADMIN[0], LABEL_STUDIO_PASSWORD=ADMIN[1])
     log = tmp / "label-studio.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "labelstudio_server.sh"), str(tmp / "data"), str(port)],
