@@ -13,6 +13,7 @@ from pycocotools import mask as mask_utils
 
 from .matching import TemporalMatcher
 from .modeling import deform_attn
+from .modeling.model import ClipVisModel
 from .modeling.transformer_decoder import MultiScaleMaskedTransformerDecoder
 from .preprocess import geometry, prepare_frames
 from .scoring import frame_class_logits
@@ -34,6 +35,7 @@ def segment_whole_video(seg: Segmenter, frames: np.ndarray, vocabulary, options:
     impl = deform_attn.MSDeformAttn.impl
     deform_attn.MSDeformAttn.impl = "grid_sample" if upstream_attention else impl
     MultiScaleMaskedTransformerDecoder.upstream_masks = True  # upstream's decoder cost, same outputs
+    ClipVisModel.upstream_kernels = True  # MKL / plain PyTorch kernels, as upstream runs
     try:
         with torch.inference_mode():
             images = prepare_frames(list(frames), geom, seg.model.pixel_mean, seg.model.pixel_std, seg.device)
@@ -41,6 +43,7 @@ def segment_whole_video(seg: Segmenter, frames: np.ndarray, vocabulary, options:
     finally:
         deform_attn.MSDeformAttn.impl = impl
         MultiScaleMaskedTransformerDecoder.upstream_masks = False
+        ClipVisModel.upstream_kernels = False
     with torch.inference_mode():
         obj = torch.cat([o.decoder.object_logits for o in outs])
         masks = torch.cat([o.decoder.masks for o in outs])

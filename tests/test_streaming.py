@@ -47,4 +47,6 @@ def test_window_size_does_not_change_results(seg, tmp_path):
     path = make_video(tmp_path / "w.mp4", num_frames=12, height=64, width=80)
     a = seg.segment(str(path), VOCAB, SegmentOptions(window=10, min_size=96))
     b = seg.segment(str(path), VOCAB, SegmentOptions(window=3, min_size=96))
-    assert [(t.category_id, round(t.score, 5)) for t in a.tracks] == [(t.category_id, round(t.score, 5)) for t in b.tracks]
+    # Batch size changes GEMM blocking (float rounding), not results: same classes in the same order.
+    assert [t.category_id for t in a.tracks] == [t.category_id for t in b.tracks]
+    np.testing.assert_allclose([t.score for t in a.tracks], [t.score for t in b.tracks], atol=1e-5)

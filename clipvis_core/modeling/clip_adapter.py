@@ -116,6 +116,41 @@ class ClipAdapter(nn.Module):
             dense = x
         return BackboneFeatures(*(o.contiguous() for o in outs), clip_vis_dense=dense.contiguous())
 
+    def forward_fast(self, x: torch.Tensor) -> BackboneFeatures:
+        """``forward`` for fp32 inference on CPU: the ConvNeXt trunk in channels-last with each block's
+        MLP as two oneDNN GEMMs (GELU fused into the first, layer scale folded into the second's
+        weights, residual add fused into it). MKL's sgemm (``nn.Linear``) takes its AVX2 path on AMD
+        CPUs; oneDNN dispatches on the ISA flags and runs AVX-512. Same math, float rounding only.
+        Falls back to ``forward`` for other towers or block variants."""
+        if self.kind != "convnext" or not torch.backends.mkldnn.is_available():
+            return self.forward(x)
+        fused = self._fused_blocks()
+        if fused is None:
+            return self.forward(x)
+        t = self.clip_model.visual.trunk
+        x = t.stem(x.contiguous(memory_format=torch.channels_last))
+        outs = []
+        for stage, blocks in zip(t.stages, fused):
+            x = stage.downsample(x)
+            for blk in blocks:
+                x = blk(x)
+            outs.append(x)
+        dense = t.norm_pre(x)
+        return BackboneFeatures(*(o.contiguous() for o in outs), clip_vis_dense=dense.contiguous())
+
+    def _fused_blocks(self) -> list[list["_FusedBlock"]] | None:
+        # Packed once; rebuilt if a weight changed in place since (load_state_dict copies in place).
+        params = list(self.clip_model.visual.trunk.stages.parameters())
+        key = tuple((id(p), p._version) for p in params)
+        cache = self.__dict__.get("_fused_cache")
+        if cache is None or cache[0] != key:
+            try:
+                blocks = [[_FusedBlock(b) for b in stage.blocks] for stage in self.clip_model.visual.trunk.stages]
+            except _Unsupported:
+                blocks = None
+            cache = self.__dict__["_fused_cache"] = (key, blocks)
+        return cache[1]
+
     def embed_masks(self, dense: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """CLIP embeddings of masked regions of one frame.
 
@@ -200,3 +235,48 @@ def mask_pool(features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     binary = (masks > 0).to(masks.dtype)
     denom = binary.sum(dim=(-1, -2), keepdim=True) + 1e-8
     return torch.einsum("bchw,bqhw->bqc", features, binary / denom)
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _is_pointwise(layer: nn.Module) -> bool:
+    if isinstance(layer, nn.Conv2d):
+        return (layer.kernel_size == (1, 1) and layer.stride == (1, 1) and layer.groups == 1
+                and layer.padding == (0, 0) and layer.bias is not None)
+    return isinstance(layer, nn.Linear) and layer.bias is not None
+
+
+class _FusedBlock:
+    """One timm ConvNeXt block (depthwise conv, LayerNorm, Linear-GELU-Linear, layer scale, residual)
+    for channels-last fp32 CPU inference; see ``ClipAdapter.forward_fast``."""
+
+    def __init__(self, b: nn.Module):
+        mlp = getattr(b, "mlp", None)
+        # The MLP is Linear layers after a permute, or 1x1 convs with LayerNorm2d (conv_mlp): the same
+        # math in channels-last.
+        ok = (isinstance(getattr(b, "shortcut", None), nn.Identity) and type(mlp).__name__ == "Mlp"
+              and isinstance(mlp.norm, nn.Identity) and all(_is_pointwise(f) for f in (mlp.fc1, mlp.fc2))
+              and type(mlp.act).__name__ == "GELU" and getattr(mlp.act, "approximate", "none") == "none"
+              and isinstance(b.norm, nn.LayerNorm))  # timm's LayerNorm and LayerNorm2d
+        if not ok:
+            raise _Unsupported(type(b).__name__)
+        reorder = torch.ops.mkldnn._reorder_linear_weight
+        self.conv_dw, self.norm = b.conv_dw, b.norm
+        w1, w2 = (f.weight.detach().reshape(f.weight.shape[0], -1) for f in (mlp.fc1, mlp.fc2))
+        b2 = mlp.fc2.bias.detach()
+        if b.gamma is not None:
+            g = b.gamma.detach()
+            w2, b2 = w2 * g[:, None], b2 * g
+        self.w1, self.b1 = reorder(w1.clone()), mlp.fc1.bias.detach().clone()
+        self.w2, self.b2 = reorder(w2.clone()), b2.clone()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        y = self.conv_dw(x.contiguous(memory_format=torch.channels_last)).permute(0, 2, 3, 1)  # NHWC, no copy
+        y = F.layer_norm(y, (c,), self.norm.weight, self.norm.bias, self.norm.eps).reshape(n * h * w, c)
+        y = torch.ops.mkldnn._linear_pointwise(y, self.w1, self.b1, "gelu", [], "none")
+        shortcut = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(n * h * w, c)
+        y = torch.ops.mkldnn._linear_pointwise(y, shortcut, self.w2, self.b2, "add")
+        return y.view(n, h, w, c).permute(0, 3, 1, 2)  # channels-last NCHW view

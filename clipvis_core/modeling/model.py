@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from . import cpu_kernels
 from .clip_adapter import BackboneFeatures, ClipAdapter, build_clip_model
 from .pixel_decoder import MSDeformAttnPixelDecoder, PixelDecoderOutput
 from .transformer_decoder import DecoderOutput, MultiScaleMaskedTransformerDecoder
@@ -36,6 +37,10 @@ class SemSegHead(nn.Module):
 
 
 class ClipVisModel(nn.Module):
+    # True: plain PyTorch kernels everywhere (upstream's cost; the whole-video reference sets it).
+    # Otherwise fp32 CPU inference runs the GEMMs through oneDNN (cpu_kernels.py, ClipAdapter.forward_fast).
+    upstream_kernels = False
+
     def __init__(self, cfg: ModelConfig, clip_model: nn.Module | None = None):
         super().__init__()
         self.cfg = cfg
@@ -53,7 +58,9 @@ class ClipVisModel(nn.Module):
 
     def forward_frames(self, images: torch.Tensor, keep_intermediates: bool = False) -> FrameOutputs:
         """images: [N, 3, H, W] normalised and padded to the size divisibility."""
-        feats = self.backbone(images)
-        pixel = self.sem_seg_head.pixel_decoder(feats)
-        dec = self.sem_seg_head.predictor(pixel.multi_scale, pixel.mask_features, with_aux=keep_intermediates)
+        fast = not self.upstream_kernels and cpu_kernels.applies(images)
+        with cpu_kernels.enabled(fast):
+            feats = self.backbone.forward_fast(images) if fast else self.backbone(images)
+            pixel = self.sem_seg_head.pixel_decoder(feats)
+            dec = self.sem_seg_head.predictor(pixel.multi_scale, pixel.mask_features, with_aux=keep_intermediates)
         return FrameOutputs(dec, feats.clip_vis_dense, feats if keep_intermediates else None, pixel if keep_intermediates else None)

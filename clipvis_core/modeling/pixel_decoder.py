@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import PixelDecoderConfig
+from .cpu_kernels import Linear
 from .deform_attn import MSDeformAttn
 from .position_encoding import sine_position_encoding
 
@@ -43,8 +44,8 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
         self.norm1 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, ffn_dim)
-        self.linear2 = nn.Linear(ffn_dim, d_model)
+        self.linear1 = Linear(d_model, ffn_dim)
+        self.linear2 = Linear(ffn_dim, d_model)
         self.norm2 = nn.LayerNorm(d_model)
 
     def forward(self, src, pos, reference_points, spatial_shapes):

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DecoderConfig
+from . import cpu_kernels
 from .position_encoding import sine_position_encoding
 
 
@@ -65,9 +66,13 @@ class CrossAttentionLayer(nn.Module):
     def forward(self, tgt, memory, attn_mask, pos, query_pos):
         if self.pre_norm:
             t = self.norm(tgt)
-            return tgt + self.multihead_attn(t + query_pos, memory + pos, value=memory, attn_mask=attn_mask)[0]
-        out = self.multihead_attn(tgt + query_pos, memory + pos, value=memory, attn_mask=attn_mask)[0]
-        return self.norm(tgt + out)
+            return tgt + self._attend(t + query_pos, memory + pos, memory, attn_mask)
+        return self.norm(tgt + self._attend(tgt + query_pos, memory + pos, memory, attn_mask))
+
+    def _attend(self, q, k, v, attn_mask):
+        if cpu_kernels.active() and self.multihead_attn._qkv_same_embed_dim:  # K/V projections over every memory token: oneDNN GEMMs
+            return cpu_kernels.cross_attention(self.multihead_attn, q, k, v, attn_mask)
+        return self.multihead_attn(q, k, value=v, attn_mask=attn_mask)[0]
 
 
 class FFNLayer(nn.Module):
