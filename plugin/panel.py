@@ -68,7 +68,7 @@ class ClipvisRunsPanel(foo.Panel):
         for r in runs:
             panel.md(f"**{r['label_field']}** &middot; {r['created']} &middot; {r['backend']}  \n{r['text']}",
                      name=f"text_{r['id']}")
-            panel.float(f"progress_{r['id']}", view=types.ProgressView(label=f"{r['percent']}%"))
+            panel.float(f"progress_{r['id']}", view=types.ProgressView(label=r["samples"]))
             if r["active"]:
                 panel.btn(f"cancel_{r['id']}", label="Cancel", on_click=self.cancel, params={"run_id": r["id"]},
                           variant="outlined")
@@ -77,6 +77,6 @@ class ClipvisRunsPanel(foo.Panel):
 
 
 def _row(r) -> dict:
-    return {"id": r.id, "label_field": r.label_field, "text": r.describe(), "percent": int(round(100 * r.fraction)),
+    return {"id": r.id, "label_field": r.label_field, "text": r.describe(), "samples": f"{r.samples_done}/{r.samples_total} samples",
             "active": not r.done, "backend": f"{r.backend} worker" if r.backend == "local" else "Celery workers",
             "created": r.created_at.strftime("%H:%M:%S") if r.created_at else ""}

@@ -60,9 +60,10 @@ def test_segment_operator_runs_on_celery_workers(celery_env, videos, small_card)
 
     dataset = make_video_dataset(f"clipvis-celery-{uuid.uuid4().hex[:8]}", videos, gt_field=None)
     try:
-        r = run_op("segment_video_instances", dataset, dict(classes=CLASSES, checkpoint=str(small_card),
-                                                            score_threshold=0.0, max_tracks=0, label_field="pred"))
-        assert r.result["samples"] == 3
+        run_op("segment_video_instances", dataset, dict(classes=CLASSES, checkpoint=str(small_card),
+                                                        score_threshold=0.0, max_tracks=0, label_field="pred"))
+        dataset.reload()
+        assert dataset.info["clipvis_runs"]["pred"]["samples"] == 3
         worker_log = celery_env.read_text(errors="replace")
         assert worker_log.count("Task clipvis.segment[") >= 3 and worker_log.count("executed job") == 3, worker_log[-2000:]
         settings = JobSettings.from_env()

@@ -1,4 +1,4 @@
-"""``clipvis fiftyone install|check``: make the FiftyOne plugin visible and prove that it loads.
+"""``clipvis fiftyone install|check|app``: make the FiftyOne plugin visible, prove that it loads, start the App.
 
 The plugin is the repository itself (``fiftyone.yml`` at its root, code in ``plugin/``): install
 links it into FiftyOne's plugins directory, so edits take effect without re-installing.
@@ -30,6 +30,16 @@ def register(subparsers) -> None:
     chk = sub.add_parser("check", help="load the plugin in a fresh FiftyOne process and list its operators")
     chk.add_argument("--plugins-dir", help="default: FIFTYONE_PLUGINS_DIR / fiftyone's config plugins_dir")
     chk.set_defaults(func=run_check)
+    app = sub.add_parser("app", help="start the FiftyOne App on a dataset with the plugin and what the run mode needs")
+    app.add_argument("dataset", help="the dataset to open")
+    app.add_argument("--port", type=int, default=5151)
+    app.add_argument("--address", default="localhost", help="address to serve on (0.0.0.0 for other machines)")
+    app.add_argument("--remote", action="store_true", help="do not open a browser here (connect to http://ADDRESS:PORT)")
+    app.add_argument("--delegated", action="store_true",
+                     help="also allow Schedule (delegated runs): sets FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true and runs "
+                          "`fiftyone delegated launch` beside the App. Background runs need neither")
+    app.add_argument("--plugins-dir", help="default: FIFTYONE_PLUGINS_DIR / fiftyone's config plugins_dir")
+    app.set_defaults(func=run_app)
 
 
 def plugins_dir(arg: str | None) -> Path:
@@ -116,3 +126,45 @@ def run_check(args: argparse.Namespace) -> int:
     for uri in check(plugins_dir(args.plugins_dir)):
         print(f"  ok  {uri}")
     return 0
+
+
+def app_env(target: Path, delegated: bool) -> dict:
+    """The App's environment: our plugins dir, the checkout importable by FiftyOne's server (and so by
+    the background worker it starts), and the orchestrator flag only when delegated runs are wanted."""
+    env = dict(os.environ, FIFTYONE_PLUGINS_DIR=str(target))
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    if delegated:
+        env["FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS"] = "true"
+    return env
+
+
+def run_app(args: argparse.Namespace) -> int:
+    import fiftyone as fo
+
+    if not fo.dataset_exists(args.dataset):
+        have = ", ".join(sorted(fo.list_datasets())[:10]) or "none"
+        raise InputError(f"no FiftyOne dataset {args.dataset!r} (datasets: {have}); create it first, e.g. "
+                         "fiftyone.Dataset.from_dir(...) with persistent=True")
+    target = plugins_dir(args.plugins_dir)
+    install(target)  # idempotent: a link to this checkout
+    env = app_env(target, args.delegated)
+    cli = Path(sys.executable).with_name("fiftyone")
+    cmd = [str(cli), "app", "launch", args.dataset, "-p", str(args.port), "-A", args.address, "-w", "-1"]
+    if args.remote:
+        cmd.append("--remote")
+    print(f"FiftyOne App: http://{args.address}:{args.port}/datasets/{args.dataset}  (plugins: {target})", flush=True)
+    print("  background runs: choose 'Run: in the background' in Segment video instances; a clipvis worker starts "
+          "on the first run and the 'clipvis runs' panel shows progress", flush=True)
+    launcher = None
+    if args.delegated:
+        print("  delegated runs: Schedule is enabled; this command runs `fiftyone delegated launch` to execute them",
+              flush=True)
+        launcher = subprocess.Popen([str(cli), "delegated", "launch"], env=env)
+    app = subprocess.Popen(cmd, env=env)
+    try:
+        return app.wait()
+    finally:
+        for proc in (app, launcher):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
