@@ -196,7 +196,7 @@ def test_in_operator_run_streams_its_progress(page):
     pg.keyboard.press("Tab")
     wait_for(pg, lambda: execute_button(pg).is_enabled(), 60, "Execute enabled")
     execute_button(pg).click()
-    wait_for(pg, lambda: pg.get_by_text(re.compile(r"\d/3 samples - app\d\.mp4: frame")).count(), 180,
+    wait_for(pg, lambda: pg.get_by_text(re.compile(r"\d/3 samples - app\d\.mp4: frame [1-9]\d*/\d")).count(), 180,
              "the progress bar of the in-operator run", "fiftyone_immediate_progress.png")
     pg.screenshot(path=str(SHOTS / "fiftyone_immediate_progress.png"))
     wait_for(pg, lambda: pg.get_by_text("Samples segmented").count(), 240, "the run's summary")

@@ -73,5 +73,22 @@ def test_segment_operator_runs_on_celery_workers(celery_env, videos, small_card)
             tracks = lookup(spec, settings)
             assert tracks is not None, "the worker did not store the result"
             check_video_labels(sample, "pred", tracks)
+
+        # A background run with Celery configured: the clipvis worker submits every sample to the
+        # Celery workers (new settings: new jobs) and writes each result.
+        from clipvis_core.runs import get_run, list_runs
+
+        run_op("segment_video_instances", dataset, dict(classes=CLASSES, checkpoint=str(small_card), score_threshold=0.05,
+                                                        max_tracks=0, label_field="bg", run_mode="background"))
+        rec = list_runs(str(dataset._doc.id), 1)[0]
+        assert rec.backend == "celery"
+        deadline = time.monotonic() + 240
+        while not (rec := get_run(rec.id)).done:
+            assert time.monotonic() < deadline, rec.describe()
+            time.sleep(0.3)
+        assert rec.state == "completed" and rec.samples_done == 3, rec.describe()
+        assert celery_env.read_text(errors="replace").count("executed job") == 6  # the Celery worker computed them
+        dataset.reload()
+        assert all(s.bg_summary is not None for s in dataset)
     finally:
         dataset.delete()

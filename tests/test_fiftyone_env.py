@@ -89,6 +89,7 @@ def fo_session(tmp_path_factory) -> FoSession:
         "FIFTYONE_DO_NOT_TRACK": "true",
         "FIFTYONE_DATABASE_VALIDATION": "false",
         "CLIPVIS_CACHE_DIR": str(tmp / "clipvis-cache"),
+        "CLIPVIS_RUN_WORKER_IDLE": "30",  # background-run workers do not outlive the tests by long
         # The plugin imports clipvis_core: FiftyOne's own processes find it through the checkout.
         "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
     }

@@ -226,13 +226,33 @@ def test_card_command_writes_a_usable_card_and_refuses_bad_input_in_one_line(fo_
     card = tmp_path / "model.json"
     assert json.loads(card.read_text())["checkpoint"] == "model.pth"
     assert resolve_checkpoint(str(card)).path == weights
+    # The CLI: exit 2 and one line (each run imports torch: two cases here, the others in-process below)
     for args, message in (
         ([str(weights), "--config", "clipvis-rn50-dec7", "--output", str(tmp_path / "x.json")], "does not fit the architecture"),
         ([str(weights), "--config", str(ref_dir / "tiny_config.json")], "exists: pass --force"),
-        ([str(tmp_path / "none.pth"), "--config", "clipvis-rn50-dec7"], "is not an existing .pth"),
-        ([str(weights), "--config", "nope"], "neither a released config"),
-        ([str(weights), "--config", str(ref_dir / "tiny_config.json"), "--output", str(tmp_path / "c.txt")], "must end in .json"),
     ):
         r = run_cli(["card", *args], fo_session.env)
         assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
+    from clipvis_core.cards import write_card
+    from clipvis_core.errors import InputError
+
+    for args, message in (
+        ((tmp_path / "none.pth", "clipvis-rn50-dec7"), "is not an existing .pth"),
+        ((weights, "nope"), "neither a released config"),
+        ((weights, str(ref_dir / "tiny_config.json"), tmp_path / "c.txt"), "must end in .json"),
+    ):
+        with pytest.raises(InputError, match=message):
+            write_card(*args)
     assert not (tmp_path / "x.json").exists() and not (tmp_path / "c.txt").exists()
+
+
+def test_app_command_sets_what_each_mode_needs_and_refuses_an_unknown_dataset(fo_session, tmp_path, monkeypatch):
+    from clipvis_core.cli.fiftyone_cmd import REPO_ROOT, app_env
+
+    monkeypatch.delenv("FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS", raising=False)
+    background = app_env(tmp_path, delegated=False)
+    assert background["FIFTYONE_PLUGINS_DIR"] == str(tmp_path) and str(REPO_ROOT) in background["PYTHONPATH"]
+    assert "FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS" not in background  # stock FiftyOne: no orchestrator flag
+    assert app_env(tmp_path, delegated=True)["FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS"] == "true"
+    r = run_cli(["fiftyone", "app", "no-such-dataset", "--plugins-dir", str(fo_session.plugins_dir)], fo_session.env)
+    assert r.returncode == 2 and "no FiftyOne dataset 'no-such-dataset'" in r.stderr and r.stderr.count("\n") == 1
