@@ -67,7 +67,7 @@ def _authorized(settings: BackendSettings) -> bool:
 
 def create_app(settings: BackendSettings | None = None, learn: LearnSettings | None = None) -> Flask:
     settings = settings or BackendSettings.from_env()
-    learner = Learner(learn or LearnSettings.from_env(), settings.checkpoint)
+    learner = Learner(learn or LearnSettings.from_env(), settings.checkpoint, (settings.min_size, settings.max_size))
     projects = Projects(settings, learner)
     app = Flask("clipvis.labelstudio")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES

@@ -83,9 +83,10 @@ class Round:
 
 
 class Learner:
-    def __init__(self, settings: LearnSettings, checkpoint: str):
+    def __init__(self, settings: LearnSettings, checkpoint: str, size: tuple[int | None, int | None] = (None, None)):
         self.settings = settings
         self.checkpoint = checkpoint
+        self.size = size  # the backend's segmentation size: rounds adapt and judge at it
         self._lock = threading.Lock()
         self._rounds: dict[str, Round] = {}
 
@@ -103,7 +104,8 @@ class Learner:
         self.ensure_line(line)
         labels = {lab: prompt for t in targets for lab, prompt in zip(t.labels, t.prompts)}
         kinds = (["finetune"] if any(t.strategy.control == "BrushLabels" and t.kind == "image" for t in targets) else [])
-        args = dict(line=line, project=int(key), ls_url=ls_url, ls_token=token, labels=labels, kinds=kinds + ["adapt"])
+        args = dict(line=line, project=int(key), ls_url=ls_url, ls_token=token, labels=labels, kinds=kinds + ["adapt"],
+                    min_size=self.size[0], max_size=self.size[1])
         with self._lock:
             rnd = self._rounds.setdefault(key, Round())
             rnd.events += 1

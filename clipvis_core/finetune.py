@@ -42,6 +42,8 @@ class FinetuneRequest:
     progress: Callable | None = None
     should_stop: Callable[[], bool] | None = None
     records: list | None = None  # corrections the caller already opened (``data`` then only names them)
+    # Parent and candidate are judged at the size predictions are served at (None: the model's).
+    size: tuple[int | None, int | None] = (None, None)
 
 
 @dataclass
@@ -94,7 +96,7 @@ def default_config(req: FinetuneRequest) -> TrainConfig:
     return cfg
 
 
-def score(checkpoint: str, records, device: str) -> dict[str, float]:
+def score(checkpoint: str, records, device: str, size: tuple[int | None, int | None] = (None, None)) -> dict[str, float]:
     import torch
 
     from .training.validation import evaluate_records
@@ -103,7 +105,7 @@ def score(checkpoint: str, records, device: str) -> dict[str, float]:
     device = torch.device(device)
     resolved = resolve_checkpoint(checkpoint)
     model = load_model(resolved, device)
-    return evaluate_records(model, resolved, records, device)
+    return evaluate_records(model, resolved, records, device, size)
 
 
 def finetune(req: FinetuneRequest) -> FinetuneOutcome:
@@ -139,14 +141,14 @@ def finetune(req: FinetuneRequest) -> FinetuneOutcome:
                                 output=vdir / "run", config=default_config(req), device=req.device,
                                 images_dir=req.images_dir, quiet=req.quiet, progress=req.progress,
                                 should_stop=req.should_stop))
-    return judge(line, lineage, parent, str(result.card), held, req.device, new_masks)
+    return judge(line, lineage, parent, str(result.card), held, req.device, new_masks, req.size)
 
 
 def judge(line: ModelLine, lineage: Lineage, parent: Lineage, card: str, held, device: str,
-          new_masks: int = 0) -> FinetuneOutcome:
+          new_masks: int = 0, size: tuple[int | None, int | None] = (None, None)) -> FinetuneOutcome:
     """Score parent and candidate on ``held``; record the lineage; promote the candidate if not worse."""
-    before = score(parent.checkpoint, held, device)
-    after = score(card, held, device)
+    before = score(parent.checkpoint, held, device, size)
+    after = score(card, held, device, size)
     lineage.checkpoint = str(Path(card).resolve())
     lineage.metrics = {"parent": before, "candidate": after, "primary": PRIMARY}
     lineage.created = time.time()

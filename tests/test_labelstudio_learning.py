@@ -6,7 +6,6 @@ Images are generated shapes (disc / box / triangle) with exact masks; the model 
 tiny checkpoint, whose text embeddings cannot tell the classes apart."""
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -187,7 +186,7 @@ def test_start_training_on_an_empty_project_says_so_and_promotes_nothing(label_s
 
 
 def test_debounced_round_and_a_crash_mid_finetune_leave_the_model_untouched(label_studio, local_backend, tmp_path):
-    ls, (backend, base) = label_studio, local_backend
+    ls, (backend, _) = label_studio, local_backend
     project = new_project(ls, "learn crash")
     version = _connect(ls, project, backend.url)
     tasks = import_images(ls, project, make_images(tmp_path, 4, seed=11))
@@ -316,14 +315,15 @@ def retrieve(ls, project: int, tasks) -> None:
            json={"selectedItems": {"all": False, "included": list(tasks)}})
 
 
-def _wait_version(ls, task: int, version: str, timeout: float = 120) -> dict:
+def _wait_version(ls, task: int, version: str, log: Path, timeout: float = 120) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         preds = [p for p in ls.api("GET", "/api/predictions", params={"task": task}) if p["model_version"] == version]
         if preds:
             return preds[0]
         time.sleep(0.5)
-    pytest.fail(f"no prediction of {version} for task {task} after {timeout:.0f}s")
+    pytest.fail(f"no prediction of {version} for task {task} after {timeout:.0f}s; backend log:\n"
+                + log.read_text(errors="replace")[-3000:])
 
 
 def test_corrections_improve_predictions_end_to_end_on_celery(label_studio, tiny_card, tmp_path):
@@ -333,18 +333,21 @@ def test_corrections_improve_predictions_end_to_end_on_celery(label_studio, tiny
     r.ping()  # fails (never skips) without Redis: scripts/start_redis.sh
     queue = f"clipvis-learn-{run}"
     # The recipe tests/test_model_lines.py measures on these shapes: 40 steps of 4 from random:tiny.
+    # Served at the model's own test size (240 px): at 64 px the 40-step model is no better.
     env = backend_env(tiny_card, tmp_path, ls.url, CLIPVIS_BROKER_URL=url, CLIPVIS_RESULT_BACKEND=url,
-                      CLIPVIS_QUEUE=queue, CLIPVIS_REDIS_PREFIX=queue, CLIPVIS_CHECKPOINT="random:tiny")
+                      CLIPVIS_QUEUE=queue, CLIPVIS_REDIS_PREFIX=queue, CLIPVIS_CHECKPOINT="random:tiny",
+                      CLIPVIS_MIN_SIZE="0", CLIPVIS_MAX_SIZE="0")
     segment_worker = Worker(env, queue, tmp_path / "segment-worker.log")
     backend = Served(env, tmp_path / "backend.log")
     train_worker = None
     try:
         project = new_project(ls, "learn e2e")
         v0 = _connect(ls, project, backend.url)
-        held = make_images(tmp_path / "held", 4, seed=21)
+        held = make_images(tmp_path / "held", 12, seed=21)  # ~25 instances: 4 images move by single instances
         held_tasks = import_images(ls, project, held)
         retrieve(ls, project, held_tasks)
-        before = [agreement(_wait_version(ls, t, v0)["result"], m, k) for t, (_, m, k) in held_tasks.items()]
+        before = [agreement(_wait_version(ls, t, v0, backend.log)["result"], m, k)
+                  for t, (_, m, k) in held_tasks.items()]
 
         train = import_images(ls, project, make_images(tmp_path / "train", 12, seed=22))
         for task, (_, masks, kinds) in train.items():
@@ -373,15 +376,13 @@ def test_corrections_improve_predictions_end_to_end_on_celery(label_studio, tiny
 
         fresh = import_images(ls, project, held)  # the held-out images again, as new tasks
         retrieve(ls, project, fresh)
-        after = [agreement(_wait_version(ls, t, v_new)["result"], m, k) for t, (_, m, k) in fresh.items()]
+        after = [agreement(_wait_version(ls, t, v_new, backend.log)["result"], m, k)
+                 for t, (_, m, k) in fresh.items()]
         iou_b, iou_a = (float(np.mean([i for x in runs for i in x[0]])) for runs in (before, after))
         acc_b, acc_a = (float(np.mean([c for x in runs for c in x[1]])) for runs in (before, after))
         print(f"held-out agreement {v0} -> {v_new}: mean best IoU {iou_b:.3f} -> {iou_a:.3f}, "
               f"label accuracy {acc_b:.3f} -> {acc_a:.3f}")
-        assert iou_a > iou_b
-        # The adapter beats the text classifier on the annotated instances (leave-one-out). On the
-        # tiny model's own regions the label accuracy moves by single instances either way (printed
-        # above, not asserted): its masks are too rough for the pooled prototypes to decide.
+        assert iou_a > iou_b and acc_a > acc_b
         lin = json.loads((tmp_path / "models" / done["line"] / "versions" / outcomes["adapt"]["version"]
                           / "lineage.json").read_text())
         assert lin["metrics"]["loo_accuracy_adapted"] > lin["metrics"]["loo_accuracy_text"]

@@ -3,9 +3,11 @@
 At inference a track's per-frame mask logits (stride 4, padded frame) are resized to the dense CLIP
 feature, binarised at 0 and pooled, then embedded by the CLIP head (``scoring.frame_class_logits``).
 Here each annotated frame goes through the same preprocessing and network; a ground-truth mask is
-turned into stride-4 logits (coverage - 0.5) and pooled the same way. A box pools over the predicted
-mask whose bounding box best matches it (IoU >= ``box_iou``), else over the box itself. An
-instance's embedding is the normalised mean of its frames' normalised embeddings.
+turned into stride-4 logits (coverage - 0.5) and pooled the same way; when a predicted mask overlaps
+it (mask IoU >= ``mask_iou``) that mask is pooled too, since at inference the classifier only ever
+sees predicted masks (a prototype of clean masks alone sits off what it will be compared with). A
+box pools over the predicted mask whose bounding box best matches it (IoU >= ``box_iou``), else
+over the box itself. An instance's embedding is the normalised mean of its pooled embeddings.
 """
 from __future__ import annotations
 
@@ -96,6 +98,15 @@ def _box_logits(box, pred: torch.Tensor, min_iou: float) -> tuple[torch.Tensor, 
     return inside.float() - 0.5, "box"
 
 
+def _best_predicted(gt: torch.Tensor, pred: torch.Tensor, min_iou: float) -> torch.Tensor | None:
+    """The predicted mask ([Q, h4, w4] logits) overlapping ``gt`` logits best, if IoU >= ``min_iou``."""
+    g, p = (gt > 0).flatten(), (pred > 0).flatten(1).cpu()
+    inter = (p & g).sum(1).float()
+    iou = inter / ((p | g).sum(1).float() + 1e-9)
+    best = int(iou.argmax())
+    return pred[best].float().cpu() if float(iou[best]) >= min_iou else None
+
+
 def _embed(backbone, dense: torch.Tensor, logits4: torch.Tensor) -> torch.Tensor:
     """[K, h4, w4] logits -> [K, D] normalised embeddings (scoring.frame_class_logits' pooling)."""
     m = F.interpolate(logits4[None].to(dense), size=dense.shape[-2:], mode="bilinear", align_corners=False)
@@ -129,7 +140,11 @@ def _sample_records(examples: list[Example], picks: list[list[int]]):
 
 
 def embed_examples(segmenter, examples: list[Example], frames_per_instance: int = 3,
-                   box_iou: float = 0.5) -> EmbeddedExamples:
+                   box_iou: float = 0.5, mask_iou: float | None = 0.3,
+                   size: tuple[int | None, int | None] = (None, None)) -> EmbeddedExamples:
+    """``mask_iou`` None: masks pool over themselves only (the backbone alone, 2-3x cheaper).
+    ``size``: (min, max) as ``SegmentOptions`` gives them (None: the model's): pool at the size
+    the predictions are made at, or the prototypes describe features the classifier never sees."""
     model, cfg, device = segmenter.model, segmenter.cfg, segmenter.device
     inf = cfg.inference
     picks = [_pick_frames(ex, max(1, frames_per_instance)) for ex in examples]
@@ -137,27 +152,36 @@ def embed_examples(segmenter, examples: list[Example], frames_per_instance: int 
     pooled: Counter = Counter()
     for rec, items, slot in _sample_records(examples, picks):
         sample = decode(rec)
-        geom = geometry(rec.height, rec.width, inf.min_size, inf.max_size, cfg.size_divisibility)
+        min_size = inf.min_size if size[0] is None else size[0]
+        geom = geometry(rec.height, rec.width, min_size, size[1] or inf.max_size, cfg.size_divisibility)
         for f, t in slot.items():
             here = [(e, o) for e, o in items if o.frame == f]
             x = prepare_frames([sample.frames[t]], geom, model.pixel_mean, model.pixel_std, device)
             with torch.inference_mode():
-                if any(o.mask is None for _, o in here):  # boxes need the predicted masks
+                if mask_iou is not None or any(o.mask is None for _, o in here):  # predicted masks needed
                     out = model.forward_frames(x)
                     dense, pred = out.dense, out.decoder.masks[0]
-                else:  # masks only need the dense CLIP feature: the backbone alone (2-3x cheaper)
+                else:  # masks only need the dense CLIP feature: the backbone alone
                     dense, pred = model.backbone(x).clip_vis_dense, None
-                logits = []
+                logits, owners = [], []
                 for e, o in here:
                     if o.mask is not None:
                         mask = rasterize(o.mask, rec.height, rec.width, f"{rec.source}: instance {e}")
-                        logits.append(_mask_logits(mask, geom))
+                        lg = _mask_logits(mask, geom)
+                        logits.append(lg)
+                        owners.append(e)
                         pooled["mask"] += 1
+                        near = _best_predicted(lg, pred, mask_iou) if mask_iou is not None else None
+                        if near is not None:
+                            logits.append(near)
+                            owners.append(e)
+                            pooled["predicted mask"] += 1
                     else:
                         lg, how = _box_logits(_box_to_grid(o.box, geom), pred, box_iou)
                         logits.append(lg)
+                        owners.append(e)
                         pooled[how] += 1
                 emb = _embed(model.backbone, dense[:1].float(), torch.stack(logits)).cpu()
-            for (e, _), v in zip(here, emb):
+            for e, v in zip(owners, emb):
                 sums[e] += v
     return EmbeddedExamples(F.normalize(sums, dim=-1), [ex.label for ex in examples], dict(pooled))

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 class AdaptOptions:
     frames_per_instance: int = 3  # annotated frames pooled per instance (evenly spaced)
     box_iou: float = 0.5  # a box uses the predicted mask whose box matches at least this well
+    mask_iou: float | None = 0.3  # a mask also pools the predicted mask overlapping it this well (None: off)
+    min_size: int | None = None  # the size predictions are made at (SegmentOptions'; None: the model's)
+    max_size: int | None = None
 
 
 def extend_vocabulary(vocab: Vocabulary | None, labels: list[str]) -> tuple[Vocabulary, list[int]]:
@@ -56,7 +59,8 @@ def fit_adapter(segmenter, found: ExampleSet, vocab: Vocabulary | None = None,
         vocab, _ = extend_vocabulary(None, found.labels or [ex.label for ex in found.examples])
     vocab, y = extend_vocabulary(vocab, [ex.label for ex in found.examples])
     added = list(vocab.entries[given:]) if given is not None else []  # unknown labels that extended it
-    emb = embed_examples(segmenter, found.examples, opts.frames_per_instance, opts.box_iou)
+    emb = embed_examples(segmenter, found.examples, opts.frames_per_instance, opts.box_iou, opts.mask_iou,
+                         (opts.min_size, opts.max_size))
     text = segmenter.text_classifier(vocab)
     y_t = torch.tensor(y)
     scale = float(torch.clamp(segmenter.model.backbone.logit_scale.exp(), max=segmenter.cfg.inference.logit_scale_max))

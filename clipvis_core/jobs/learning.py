@@ -51,6 +51,9 @@ class LearnJobSpec:
     lr: float | None = None
     held_out: float = 0.25
     config: dict[str, Any] | None = None  # TrainConfig overrides
+    # The size the backend segments at: prototypes pool and held-out scores are taken there.
+    min_size: int | None = None
+    max_size: int | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -134,6 +137,7 @@ def _finetune(spec: LearnJobSpec, progress, should_stop) -> dict:
         out = finetune(FinetuneRequest(spec.line, [spec.source], records=records, held_out=spec.held_out,
                                        min_new=spec.min_new, steps=spec.steps, batch_size=spec.batch_size,
                                        lr=spec.lr, config=spec.train_config(), device=_device(),
+                                       size=(spec.min_size, spec.max_size),
                                        progress=progress, should_stop=should_stop))
     except TrainingCancelled as e:
         raise JobCancelled(f"{e}; the promoted version is unchanged") from None
@@ -142,7 +146,7 @@ def _finetune(spec: LearnJobSpec, progress, should_stop) -> dict:
 
 
 def _adapt(spec: LearnJobSpec, should_stop) -> dict:
-    from ..adaptation import fit_adapter, load_adapter
+    from ..adaptation import AdaptOptions, fit_adapter, load_adapter
     from ..adaptation.labelstudio import examples_from_tasks
     from ..segmenter import get_segmenter
     from ..versions import Lineage, ModelLine
@@ -161,7 +165,8 @@ def _adapt(spec: LearnJobSpec, should_stop) -> dict:
     if should_stop():
         raise JobCancelled(f"adaptation of {spec.line} cancelled before it started")
     segmenter = get_segmenter(f"line:{spec.line}@{parent.version}", device=_device())
-    adapter = fit_adapter(segmenter, found, vocab, source=spec.source)
+    adapter = fit_adapter(segmenter, found, vocab, AdaptOptions(min_size=spec.min_size, max_size=spec.max_size),
+                          source=spec.source)
     if parent.adapter and Path(parent.adapter).is_file() and load_adapter(parent.adapter).digest() == adapter.digest():
         return {"status": "skipped", "version": None,
                 "reason": f"no new labelled instances since {parent.version}: its adapter is unchanged"}

@@ -45,18 +45,21 @@ def ground_truth(samples, category_names: list[str] | None) -> dict:
     return {"videos": videos, "categories": [{"id": i, "name": n} for n, i in cat_id.items()], "annotations": anns}
 
 
-def _results(segmenter, samples, vocabulary: list[str]) -> list[dict]:
+def _results(segmenter, samples, vocabulary: list[str], size=(None, None)) -> list[dict]:
     from ..evaluation import results_from_tracks
+    from ..segmenter import SegmentOptions
 
+    opts = SegmentOptions(min_size=size[0], max_size=size[1])
     results = []
     for vid, s in enumerate(samples, start=1):
-        tracks = segmenter.segment(s.frames, vocabulary)
+        tracks = segmenter.segment(s.frames, vocabulary, opts)
         results.extend(results_from_tracks(tracks, vid))
     return results
 
 
-def evaluate_records(model, resolved, records, device) -> dict[str, float]:
-    """``{"val/agnostic_AP": .., "val/agnostic_AP50": .., ["val/AP": .., "val/AP50": ..]}`` as fractions."""
+def evaluate_records(model, resolved, records, device, size=(None, None)) -> dict[str, float]:
+    """``{"val/agnostic_AP": .., "val/agnostic_AP50": .., ["val/AP": .., "val/AP50": ..]}`` as fractions;
+    ``size``: (min, max) test size as ``SegmentOptions`` takes it (None: the model's)."""
     from ..evaluation import evaluate
     from ..segmenter import Segmenter
     from .data import decode
@@ -67,9 +70,9 @@ def evaluate_records(model, resolved, records, device) -> dict[str, float]:
     out: dict[str, float] = {}
     with eval_mode(model):
         seg = Segmenter(model, resolved, device)
-        report = evaluate(ground_truth(samples, None), _results(seg, samples, [AGNOSTIC_CLASS]), class_agnostic=True)
+        report = evaluate(ground_truth(samples, None), _results(seg, samples, [AGNOSTIC_CLASS], size), class_agnostic=True)
         out.update({f"val/agnostic_{k}": v for k, v in report.stats.items() if k in ("AP", "AP50", "AP75")})
         if with_vocab:
-            report = evaluate(ground_truth(samples, names), _results(seg, samples, names))
+            report = evaluate(ground_truth(samples, names), _results(seg, samples, names, size))
             out.update({f"val/{k}": v for k, v in report.stats.items() if k in ("AP", "AP50", "AP75")})
     return out
