@@ -52,9 +52,9 @@ class Linear(nn.Linear):
         return linear(x, self.weight, self.bias)
 
 
-def cross_attention(attn: nn.MultiheadAttention, query, key, value, attn_mask: torch.Tensor | None):
-    """``attn(query, key, value, attn_mask=attn_mask)[0]`` for sequence-first inputs and a boolean mask
-    (True = blocked, [N*heads, Lq, Lk]), with the projections through ``linear`` and no attention
+def attention(attn: nn.MultiheadAttention, query, key, value, attn_mask: torch.Tensor | None = None):
+    """``attn(query, key, value, attn_mask=attn_mask)[0]`` for sequence-first inputs and an optional boolean
+    mask (True = blocked, [N*heads, Lq, Lk]), with the projections through ``linear`` and no attention
     weights returned (nn.MultiheadAttention averages them even when nobody reads them). Needs the
     packed in-projection (same embed size for query, key and value) and no bias_k / bias_v."""
     lq, n, d = query.shape

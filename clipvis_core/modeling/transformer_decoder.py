@@ -51,9 +51,13 @@ class SelfAttentionLayer(nn.Module):
     def forward(self, tgt, query_pos):
         if self.pre_norm:
             t = self.norm(tgt)
-            return tgt + self.self_attn(t + query_pos, t + query_pos, value=t)[0]
-        q = tgt + query_pos
-        return self.norm(tgt + self.self_attn(q, q, value=tgt)[0])
+            return tgt + self._attend(t + query_pos, t)
+        return self.norm(tgt + self._attend(tgt + query_pos, tgt))
+
+    def _attend(self, q, v):
+        if cpu_kernels.active() and self.self_attn._qkv_same_embed_dim:  # no averaged attention weights
+            return cpu_kernels.attention(self.self_attn, q, q, v)
+        return self.self_attn(q, q, value=v)[0]
 
 
 class CrossAttentionLayer(nn.Module):
@@ -71,7 +75,7 @@ class CrossAttentionLayer(nn.Module):
 
     def _attend(self, q, k, v, attn_mask):
         if cpu_kernels.active() and self.multihead_attn._qkv_same_embed_dim:  # K/V projections over every memory token: oneDNN GEMMs
-            return cpu_kernels.cross_attention(self.multihead_attn, q, k, v, attn_mask)
+            return cpu_kernels.attention(self.multihead_attn, q, k, v, attn_mask)
         return self.multihead_attn(q, k, value=v, attn_mask=attn_mask)[0]
 
 
