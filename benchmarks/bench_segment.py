@@ -174,14 +174,14 @@ def cmd_stages(args) -> None:
     src = S._frames_source
 
     def frames_source(source, opts):
-        info, frames, close = src(source, opts)
-        it = iter(frames)
-        step = timed("video decode", lambda: next(it, None))
+        info, open_frames, close = src(source, opts)
 
-        def gen():
+        def gen(start=0):
+            it = iter(open_frames(start))
+            step = timed("video decode", lambda: next(it, None))
             while (f := step()) is not None:
                 yield f
-        return info, gen(), close
+        return info, gen, close
     S._frames_source = frames_source
     S.prepare_frames = timed("preprocess", S.prepare_frames)
     S.FrameStore.write = timed("store write (resize + RLE of every query)", S.FrameStore.write)

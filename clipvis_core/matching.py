@@ -33,6 +33,15 @@ class TemporalMatcher:
         self.memory: deque[torch.Tensor] = deque(maxlen=memory_len)
         self.frame = -1
 
+    def state(self) -> tuple[int, torch.Tensor | None]:
+        """(frame, memory [n, Q, D] oldest first): all a resumed run needs (``restore``)."""
+        return self.frame, torch.stack(list(self.memory)) if self.memory else None
+
+    def restore(self, frame: int, memory: torch.Tensor | None) -> None:
+        self.frame = frame
+        self.memory.clear()
+        self.memory.extend(memory.unbind(0) if memory is not None else [])
+
     def match(self, embeds: torch.Tensor) -> MatchRecord:
         """embeds [Q, D] of the next frame -> permutation p with ``frame_matched = frame[p]``."""
         self.frame += 1

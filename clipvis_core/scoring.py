@@ -41,6 +41,10 @@ class VideoScores:
             self.mask_iou_sum = self.mask_iou_sum + term
         self.frames += 1
 
+    def restore(self, frames: int, obj_sum: torch.Tensor | None, mask_iou_sum: torch.Tensor | None) -> None:
+        """Continue the sums of a checkpointed run (the same float32 values: the same rounding after)."""
+        self.frames, self.obj_sum, self.mask_iou_sum = frames, obj_sum, mask_iou_sum
+
     @property
     def video_obj_logits(self) -> torch.Tensor:
         return self.obj_sum / self.frames

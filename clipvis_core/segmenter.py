@@ -21,6 +21,7 @@ from .matching import MatchRecord, TemporalMatcher
 from .precision import autocast, check_precision
 from .prefetch import Prefetch
 from .preprocess import geometry, prepare_frames
+from .resume import ResumeDir, RunState, run_signature
 from .scoring import VideoScores, frame_class_logits, select_instances
 from .store import FrameStore, OutputGeometry
 from .tracks import VideoInfo, VideoTracks
@@ -63,6 +64,7 @@ class SegmentProgress:
     elapsed: float
     result: VideoTracks | None = None
     temp_bytes: int = 0  # frame store size on disk so far
+    start_frame: int = 0  # frames restored from a checkpoint (a resumed run); fps counts this run's frames
 
 
 @dataclass
@@ -80,22 +82,28 @@ class SegmentTrace:
 
 
 def _frames_source(source, opts: SegmentOptions):
-    """(VideoInfo, iterator of RGB frames, closer) for a path or an in-memory [T, H, W, 3] array."""
+    """(VideoInfo, frames(start) -> iterator of RGB frames from position ``start``, closer) for a path
+    or an in-memory [T, H, W, 3] array."""
     if isinstance(source, np.ndarray) or (isinstance(source, (list, tuple)) and source and isinstance(source[0], np.ndarray)):
         frames = np.asarray(source)
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise InputError("in-memory video must be a uint8 array [T, H, W, 3] (RGB)")
         idx = list(range(0, len(frames), max(opts.frame_stride, 1)))[: opts.max_frames or None]
         info = VideoInfo("<array>", frames.shape[2], frames.shape[1], 0.0, len(idx), idx)
-        return info, (frames[i] for i in idx), lambda: None
+        return info, lambda start=0: (frames[i] for i in idx[start:]), lambda: None
     from .video import open_video
 
     reader = open_video(source, frame_stride=opts.frame_stride, start_time=opts.start_time,
                         end_time=opts.end_time, max_frames=opts.max_frames)
-    frames = Prefetch(f for _, f in reader)  # decoded in a thread while the network runs
+    ahead: list[Prefetch] = []
+
+    def frames(start: int = 0):
+        ahead.append(Prefetch(f for _, f in reader.iter_from(start)))  # decoded in a thread while the network runs
+        return ahead[-1]
 
     def close():
-        frames.close()  # the thread stops reading before the reader closes
+        for p in ahead:
+            p.close()  # the thread stops reading before the reader closes
         reader.close()
     return reader.info, frames, close
 
@@ -147,28 +155,33 @@ class Segmenter:
 
     def segment(self, source, vocabulary, options: SegmentOptions | None = None,
                 progress: Callable[[SegmentProgress], None] | None = None, trace: SegmentTrace | None = None,
-                adapter=None) -> VideoTracks:
+                adapter=None, resume: ResumeDir | None = None) -> VideoTracks:
         result = None
-        for p in self.iter_segment(source, vocabulary, options, trace, adapter):
+        for p in self.iter_segment(source, vocabulary, options, trace, adapter, resume):
             if progress is not None:
                 progress(p)
             result = p.result or result
         return result
 
     def iter_segment(self, source, vocabulary, options: SegmentOptions | None = None,
-                     trace: SegmentTrace | None = None, adapter=None) -> Iterator[SegmentProgress]:
+                     trace: SegmentTrace | None = None, adapter=None,
+                     resume: ResumeDir | None = None) -> Iterator[SegmentProgress]:
         """``adapter``: a classifier adapter file (``clipvis adapt``) blended into the text classifier;
-        with no vocabulary given, the adapter's vocabulary is used."""
+        with no vocabulary given, the adapter's vocabulary is used. ``resume``: make the run resumable
+        (``resume.py``): it continues from that directory's checkpoint when the inputs match."""
         opts = options or SegmentOptions()
         adapter = self.adapter(adapter) if adapter is not None else None
         vocab = as_vocabulary(vocabulary) if vocabulary or adapter is None else adapter.vocab
+        if resume is not None and trace is not None:
+            raise ValueError("a traced run cannot be checkpointed (the trace lives in memory)")
         with self._lock:
-            yield from self._run(source, vocab, opts, trace, adapter)
+            yield from self._run(source, vocab, opts, trace, adapter, resume)
 
-    def _run(self, source, vocab: Vocabulary, opts: SegmentOptions, trace: SegmentTrace | None, adapter=None):
+    def _run(self, source, vocab: Vocabulary, opts: SegmentOptions, trace: SegmentTrace | None, adapter=None,
+             resume: ResumeDir | None = None):
         cfg, inf = self.cfg, self.cfg.inference
         check_precision(opts.precision, self.device.type)  # before any decoding
-        info, frames, close = _frames_source(source, opts)
+        info, open_frames, close = _frames_source(source, opts)
         try:
             if info.num_frames == 0:
                 raise InputError(f"{info.source}: no frames to process (check the time range / stride)")
@@ -184,11 +197,20 @@ class Segmenter:
             matcher = TemporalMatcher(inf.memory_len, inf.top_k)
             scores = VideoScores()
             mean, std = self.model.pixel_mean, self.model.pixel_std
-            t0, done = time.perf_counter(), 0
             # A trace records output-resolution logits, so it keeps the raw mask logits as well.
             shapes = {"masks": (q, h4, w4), "probs": (q, c), "obj": (q, 2)}
-            with FrameStore(shapes, OutputGeometry(geom.padded_hw, geom.image_hw, out_hw), keep_raw=trace is not None) as store:
-                for batch in _windows(frames, window):
+            out_geom = OutputGeometry(geom.padded_hw, geom.image_hw, out_hw)
+            if resume is None:
+                store, state = FrameStore(shapes, out_geom, keep_raw=trace is not None), None
+            else:
+                sig = run_signature(model=self.model_version(vocab, adapter), options=opts.to_dict(), window=window,
+                                    device=self.device.type, shapes=shapes, geometry=out_geom, video=[
+                                        info.width, info.height, info.num_frames, info.frame_indices])
+                store, state = resume.open_store(shapes, out_geom, resume.begin(sig))
+            with store:
+                start = done = self._restore(state, matcher, scores)
+                t0 = time.perf_counter()
+                for batch in _windows(open_frames(start), window):
                     x = prepare_frames(batch, geom, mean, std, self.device)
                     with torch.inference_mode(), self._autocast(opts.precision):
                         out = self.model.forward_frames(x)
@@ -197,8 +219,13 @@ class Segmenter:
                             self._frame(done, out, i, matcher, text, scores, store, trace)
                         done += 1
                         el = time.perf_counter() - t0
-                        yield SegmentProgress(done, info.num_frames, done / max(el, 1e-9), el, temp_bytes=store.bytes_written)
+                        yield SegmentProgress(done, info.num_frames, (done - start) / max(el, 1e-9), el,
+                                              temp_bytes=store.bytes_written, start_frame=start)
                     del out, x
+                    if resume is not None and resume.due():
+                        resume.save(done, store, matcher, scores)
+                if resume is not None and done > start:  # the final pass can be resumed on its own
+                    resume.save(done, store, matcher, scores)
                 if done == 0:
                     raise InputError(f"{info.source}: no frame could be decoded (corrupt or empty video)")
                 info.num_frames = done
@@ -213,9 +240,18 @@ class Segmenter:
             tracks = [t for t in tracks if t.score >= opts.score_threshold]
             result = VideoTracks(info, list(vocab.entries), tracks, self.model_version(vocab, adapter), opts.to_dict())
             el = time.perf_counter() - t0
-            yield SegmentProgress(done, done, done / max(el, 1e-9), el, result, temp_bytes)
+            yield SegmentProgress(done, done, (done - start) / max(el, 1e-9), el, result, temp_bytes, start)
         finally:
             close()
+
+    def _restore(self, state: RunState | None, matcher: TemporalMatcher, scores: VideoScores) -> int:
+        """Frames already done: 0, or a checkpoint's frames with its matcher memory and score sums."""
+        if state is None:
+            return 0
+        matcher.restore(state.matcher_frame, state.matcher_memory)
+        dev = lambda t: None if t is None else t.to(self.device)  # noqa: E731
+        scores.restore(state.score_frames, dev(state.obj_sum), dev(state.mask_iou_sum))
+        return state.frames
 
     def _frame(self, t, out, i, matcher, text, scores, store, trace):
         dec = out.decoder

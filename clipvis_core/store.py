@@ -15,7 +15,10 @@ identical to resizing at the end (masks of dropped frames are blank either way).
 keeps the raw logits, because the trace records output-resolution logits.
 
 Files are unlinked as soon as they are created, so the kernel frees them on every exit path -
-exception, SIGTERM, SIGKILL - and no stale store can outlive its process.
+exception, SIGTERM, SIGKILL - and no stale store can outlive its process. The one exception is a
+resumable job (``resume.py``): its store is named files in the job's checkpoint directory, made
+to outlive a lost process on purpose; ``mark()`` says how far they are valid and a resumed store
+is truncated back to that mark.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import struct
 import tempfile
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,6 +43,15 @@ _CHUNK = 16  # queries resized at once: bounds the full-resolution temporaries
 
 class DiskFullError(ClipvisError):
     """The temp file system filled up while storing frames."""
+
+
+@dataclass(frozen=True)
+class StoreMark:
+    """How much of a named store is valid: the frames written and the end of the RLE file."""
+
+    frames: int
+    rles_end: int
+    bytes_written: int
 
 
 @dataclass(frozen=True)
@@ -83,11 +96,17 @@ def _unpack(buf: bytes) -> list[bytes]:
 
 
 class FrameStore:
-    """Per-frame records in anonymous temp files; ``keep_raw`` also keeps the raw float32 logits."""
+    """Per-frame records in anonymous temp files; ``keep_raw`` also keeps the raw float32 logits.
+
+    ``directory``: named files there instead (a resumable job's store), continued from ``resume``.
+    """
 
     def __init__(self, shapes: dict[str, tuple[int, ...]], geom: OutputGeometry, tmp_dir: str | None = None,
-                 keep_raw: bool = False):
-        self.base = tmp_dir or os.environ.get("CLIPVIS_TMPDIR") or tempfile.gettempdir()
+                 keep_raw: bool = False, directory: Path | None = None, resume: StoreMark | None = None):
+        if directory is not None and keep_raw:
+            raise ValueError("a traced run keeps raw logits and cannot be resumed: pass no directory")
+        self.base = str(directory) if directory is not None else tmp_dir or os.environ.get("CLIPVIS_TMPDIR") or tempfile.gettempdir()
+        self.named = directory is not None
         self.geom, self.keep_raw = geom, keep_raw
         self.mask_shape = tuple(shapes["masks"])
         q = self.mask_shape[0]
@@ -99,16 +118,52 @@ class FrameStore:
         self.files = {}
         try:
             for k in [*self.fixed_shapes, "rles", "index"] + (["raw"] if keep_raw else []):
-                self.files[k] = tempfile.TemporaryFile(prefix="clipvis-store-", dir=self.base)  # already unlinked
+                if directory is None:
+                    self.files[k] = tempfile.TemporaryFile(prefix="clipvis-store-", dir=self.base)  # already unlinked
+                else:
+                    path = Path(directory) / f"{k}.bin"
+                    if resume is not None and not path.exists():
+                        raise ValueError(f"store file {k}.bin is missing")
+                    self.files[k] = open(path, "r+b" if resume is not None else "w+b")
+            if resume is not None:
+                self._truncate(resume)
         except OSError as e:
             self.close()
             raise self._error(e) from None
+        except BaseException:
+            self.close()
+            raise
+
+    def lengths(self, mark: StoreMark) -> dict[str, int]:
+        """Bytes of each file that ``mark`` covers (a named store's files must be at least this long)."""
+        return {**{k: mark.frames * n for k, n in self.fixed_bytes.items()}, "rles": mark.rles_end,
+                "index": mark.frames * _INDEX.size}
+
+    def _truncate(self, mark: StoreMark) -> None:
+        """Drop what a lost process wrote after ``mark`` (a window in flight) and continue from there."""
+        for k, n in self.lengths(mark).items():
+            if os.fstat(self.files[k].fileno()).st_size < n:
+                raise ValueError(f"store file {k}.bin is shorter than its checkpoint")
+            self.files[k].truncate(n)
+        self.frames, self._end, self.bytes_written = mark.frames, mark.rles_end, mark.bytes_written
+
+    def mark(self, sync: bool = True) -> StoreMark:
+        """Flush (and fsync) a named store; the returned mark is what a resumed run continues from."""
+        try:
+            for f in self.files.values():
+                f.flush()
+                if sync:
+                    os.fsync(f.fileno())
+        except OSError as e:
+            raise self._error(e) from None
+        return StoreMark(self.frames, self._end, self.bytes_written)
 
     def _error(self, e: OSError) -> ClipvisError:
+        var = "CLIPVIS_RESUME_DIR" if self.named else "CLIPVIS_TMPDIR"
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             return DiskFullError(f"no space left for the frame store in {self.base} (about {self.bytes_per_frame():.0f} "
-                                 f"bytes per frame): free space there or set CLIPVIS_TMPDIR to a larger disk")
-        return ClipvisError(f"cannot write the frame store in {self.base} ({e.strerror}): set CLIPVIS_TMPDIR to a writable directory")
+                                 f"bytes per frame): free space there or set {var} to a larger disk")
+        return ClipvisError(f"cannot write the frame store in {self.base} ({e.strerror}): set {var} to a writable directory")
 
     def bytes_per_frame(self) -> float:
         return self.bytes_written / max(self.frames, 1)

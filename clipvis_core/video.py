@@ -280,13 +280,20 @@ class VideoReader:
         return self.info.num_frames
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
-        if self._images is not None:
-            return self._iter_images()
-        return self._iter_video()
+        return self.iter_from(0)
 
-    def _iter_images(self) -> Iterator[tuple[int, np.ndarray]]:
+    def iter_from(self, start: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Frames from position ``start`` on; earlier ones are skipped without colour conversion
+        (a video still decodes them: seeking is not frame-exact for every codec)."""
+        if self._images is not None:
+            return self._iter_images(start)
+        return self._iter_video(start)
+
+    def _iter_images(self, start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
         size = (self.info.height, self.info.width)
         for pos, idx in enumerate(self.info.frame_indices):
+            if pos < start:
+                continue
             frame = _read_image(self._images[idx])
             if frame.shape[:2] != size:
                 raise InputError(
@@ -295,7 +302,7 @@ class VideoReader:
                 )
             yield pos, frame
 
-    def _iter_video(self) -> Iterator[tuple[int, np.ndarray]]:
+    def _iter_video(self, start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
         import cv2
 
         cap = _open_capture(self.path)
@@ -304,9 +311,10 @@ class VideoReader:
         pos = 0
         try:
             for idx in range(self.info.frame_indices[-1] + 1):
-                if idx not in wanted:
+                if idx not in wanted or pos < start:
                     if not cap.grab():
                         break
+                    pos += idx in wanted
                     continue
                 ok, bgr = cap.read()
                 if not ok or bgr is None:

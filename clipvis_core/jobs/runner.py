@@ -65,11 +65,36 @@ def run_job(spec: JobSpec, progress: Callable | None = None, *, should_stop: Cal
             return store.get(key)
         started = time.monotonic()
         log.info("executing job key=%s media=%s", key, spec.media)
-        tracks = _execute(spec, settings, progress, should_stop)
+        resume = _resume_dir(key, store, settings)
+        try:
+            tracks = _execute(spec, settings, progress, should_stop, resume)
+        except BaseException as e:
+            if resume is not None and _ends_resume(e):
+                resume.remove()
+            raise
         store.put(key, tracks)
-        log.info("executed job key=%s frames=%d tracks=%d in %.2fs", key, tracks.video.num_frames,
-                 len(tracks.tracks), time.monotonic() - started)
+        if resume is not None:
+            resume.remove()
+        log.info("executed job key=%s frames=%d tracks=%d in %.2fs%s", key, tracks.video.num_frames,
+                 len(tracks.tracks), time.monotonic() - started,
+                 f" (resumed at frame {resume.stats.resumed_from})" if resume is not None and resume.stats.resumed_from else "")
         return tracks
+
+
+def _resume_dir(key: str, store: ResultStore, settings: JobSettings):
+    """This job's checkpoint directory (None when resume is off); sweeps stale ones of other jobs first."""
+    if settings.resume_interval is None:
+        return None
+    from ..resume import ResumeDir, sweep
+
+    sweep(settings.resume_dir, settings.resume_max_age, finished=store.has, keep=key)
+    return ResumeDir(settings.resume_dir / key, settings.resume_interval)
+
+
+def _ends_resume(e: BaseException) -> bool:
+    """Cancel and permanent errors end a job for good; a lost worker, a transient error or the time
+    limit leave its checkpoint for the redelivery, retry or re-submission to resume from."""
+    return isinstance(e, ClipvisError) and not isinstance(e, JobTimeout)
 
 
 @contextlib.contextmanager
@@ -113,12 +138,16 @@ def _smaller(options, seg):
                                max_size=max(32, int(max_size * 0.75)))
 
 
-def _execute(spec: JobSpec, settings: JobSettings, progress, should_stop) -> VideoTracks:
+def _execute(spec: JobSpec, settings: JobSettings, progress, should_stop, resume=None) -> VideoTracks:
     from ..segmenter import SegmentOptions, get_segmenter
 
     deadline = time.monotonic() + settings.time_limit
+    first = [True]
 
     def on_frame(p) -> None:
+        if first[0] and p.start_frame:
+            log.info("resumed job key=%s at frame %d of %d", spec.key(), p.start_frame, p.frames_total)
+        first[0] = False
         # Cancel / time limit are checked between frames: works on every pool and in-process.
         if should_stop is not None and should_stop():
             raise JobCancelled(f"job for {spec.media} was cancelled")
@@ -138,7 +167,8 @@ def _execute(spec: JobSpec, settings: JobSettings, progress, should_stop) -> Vid
         if should_stop is not None and should_stop():
             raise JobCancelled(f"job for {spec.media} was cancelled")
         try:
-            tracks = seg.segment(source, vocabulary, options, progress=on_frame, adapter=spec.adapter)
+            tracks = seg.segment(source, vocabulary, options, progress=on_frame, adapter=spec.adapter,
+                                 resume=resume)
         except Exception as e:
             if not _is_cuda_oom(e):
                 raise
@@ -148,7 +178,8 @@ def _execute(spec: JobSpec, settings: JobSettings, progress, should_stop) -> Vid
             import torch
 
             torch.cuda.empty_cache()
-            tracks = seg.segment(source, vocabulary, smaller, progress=on_frame, adapter=spec.adapter)
+            tracks = seg.segment(source, vocabulary, smaller, progress=on_frame, adapter=spec.adapter,
+                                 resume=resume)  # other options: starts over
     if spec.is_url:
         tracks.video.source = spec.media  # not the deleted temp download
     return tracks

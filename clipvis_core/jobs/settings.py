@@ -37,15 +37,21 @@ class JobSettings:
     max_download_mb: float
     progress_interval: float  # s between PROGRESS state writes
     retry_backoff: float  # s before the first retry of a transient failure (doubles each retry)
+    # Resume (clipvis_core/resume.py): a lost job continues from its last checkpointed window.
+    resume_dir: Path  # <dir>/<key>/: a running job's frame store + checkpoint; shared, so any worker resumes
+    resume_interval: float | None  # s between checkpoints (0: every window); None: jobs are not resumable
+    resume_max_age: float  # s after which an untouched checkpoint (of a job nobody re-ran) is swept
 
     @classmethod
     def from_env(cls) -> "JobSettings":
         cache_dir = Path(os.environ.get("CLIPVIS_CACHE_DIR") or Path.home() / ".cache" / "clipvis").expanduser()
         broker = os.environ.get("CLIPVIS_BROKER_URL") or None
+        results_dir = Path(os.environ.get("CLIPVIS_RESULTS_DIR") or cache_dir / "results").expanduser()
+        interval = os.environ.get("CLIPVIS_RESUME_INTERVAL", "").strip().lower()
         return cls(
             broker_url=broker,
             result_backend=os.environ.get("CLIPVIS_RESULT_BACKEND") or broker,
-            results_dir=Path(os.environ.get("CLIPVIS_RESULTS_DIR") or cache_dir / "results").expanduser(),
+            results_dir=results_dir,
             cache_dir=cache_dir,
             redis_prefix=os.environ.get("CLIPVIS_REDIS_PREFIX") or "clipvis",
             default_queue=os.environ.get("CLIPVIS_QUEUE") or "clipvis",
@@ -55,6 +61,9 @@ class JobSettings:
             max_download_mb=env_float("CLIPVIS_MAX_DOWNLOAD_MB", 4096.0),
             progress_interval=env_float("CLIPVIS_PROGRESS_INTERVAL", 0.25),
             retry_backoff=env_float("CLIPVIS_RETRY_BACKOFF", 5.0),
+            resume_dir=Path(os.environ.get("CLIPVIS_RESUME_DIR") or results_dir / ".resume").expanduser(),
+            resume_interval=None if interval == "off" else env_float("CLIPVIS_RESUME_INTERVAL", 10.0),
+            resume_max_age=env_float("CLIPVIS_RESUME_MAX_AGE", 2 * 24 * 3600.0),
         )
 
     @property
