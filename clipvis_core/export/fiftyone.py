@@ -7,7 +7,9 @@ the core never needs it.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -25,12 +27,23 @@ class CroppedInstance:
 
 @dataclass
 class SampleLabels:
-    """Everything written for one sample, computed before anything is saved."""
+    """What is written for one sample. Frames are built on demand (``iter_frames``, one at a time),
+    so writing a long video never holds all its detections; ``frames`` builds them all at once."""
 
-    frames: dict[int, object]  # 1-based frame number -> fo.Detections
+    frame_numbers: list[int]  # 1-based frame numbers this run labels, in order
     summary: object  # fo.Classifications: one entry per class found
     num_tracks: int
     classes: list[str] = field(default_factory=list)
+    build: Callable[[int], object] | None = field(default=None, repr=False)  # position -> fo.Detections
+
+    def iter_frames(self) -> Iterator[tuple[int, object]]:
+        for k, fn in enumerate(self.frame_numbers):
+            yield fn, self.build(k)
+
+    @functools.cached_property
+    def frames(self) -> dict[int, object]:
+        """1-based frame number -> fo.Detections, every frame (short clips, images, tests)."""
+        return dict(self.iter_frames())
 
 
 def crop_instance(mask: np.ndarray) -> CroppedInstance | None:
@@ -71,32 +84,31 @@ def tracks_to_labels(
     kept = select_tracks(tracks, score_threshold, max_tracks)
     # FiftyOne frame numbers are 1-based source frames; a stride leaves the skipped frames unlabeled.
     frame_numbers = [i + 1 for i in tracks.video.frame_indices] or list(range(1, len(kept[0].masks) + 1) if kept else [])
-    per_frame: dict[int, list] = {fn: [] for fn in frame_numbers}
     # fo.Instance (FiftyOne >= 1.x) links a track's detections across frames; older versions have `index` only.
-    linked = hasattr(fo, "Instance")
-    for track in kept:
-        link = {"instance": fo.Instance()} if linked else {}
-        keys = None
-        if keyframe_tolerance is not None:
-            keys = set(sparse_keyframes(track.boxes, tracks.video.width, tracks.video.height, KeyframeOptions(keyframe_tolerance)))
-        for k in track.present_frames():
-            crop = crop_instance(track.mask(k))
+    links = [{"instance": fo.Instance()} if hasattr(fo, "Instance") else {} for _ in kept]
+    keys = [None if keyframe_tolerance is None else
+            set(sparse_keyframes(t.boxes, tracks.video.width, tracks.video.height, KeyframeOptions(keyframe_tolerance)))
+            for t in kept]
+
+    def build(k: int):
+        dets = []
+        for track, link, kf in zip(kept, links, keys):
+            crop = crop_instance(track.mask(k)) if track.boxes[k] is not None else None
             if crop is None:
                 continue
-            per_frame[frame_numbers[k]].append(
-                fo.Detection(
-                    label=track.label,
-                    bounding_box=crop.box,
-                    mask=crop.mask if store_masks else None,
-                    confidence=float(track.score),
-                    index=int(track.id),
-                    frame_score=float(track.frame_scores[k]),
-                    **link,
-                    **({} if keys is None else {"keyframe": k in keys}),
-                )
-            )
-    frames = {fn: fo.Detections(detections=dets) for fn, dets in per_frame.items()}
-    return SampleLabels(frames=frames, summary=summarize(kept), num_tracks=len(kept), classes=sorted({t.label for t in kept}))
+            dets.append(fo.Detection(
+                label=track.label,
+                bounding_box=crop.box,
+                mask=crop.mask if store_masks else None,
+                confidence=float(track.score),
+                index=int(track.id),
+                frame_score=float(track.frame_scores[k]),
+                **link,
+                **({} if kf is None else {"keyframe": k in kf}),
+            ))
+        return fo.Detections(detections=dets)
+    return SampleLabels(frame_numbers=frame_numbers, summary=summarize(kept), num_tracks=len(kept),
+                        classes=sorted({t.label for t in kept}), build=build)
 
 
 def summarize(kept: list[Track]):
@@ -118,21 +130,58 @@ def summary_field(label_field: str) -> str:
     return f"{label_field}_summary"
 
 
-def write_sample(sample, labels: SampleLabels, label_field: str) -> None:
-    """Replace ``label_field`` on the sample (every frame of a video) with ``labels``, in one save,
-    so a failure never leaves a half-labelled sample."""
-    if sample.media_type == "video":
-        # Frames this run did not label (stride, shorter decode) lose the previous run's labels.
-        for fn, frame in sample.frames.items():
-            if fn not in labels.frames and frame.has_field(label_field) and frame[label_field] is not None:
-                frame[label_field] = None
-        for fn, dets in labels.frames.items():
-            sample.frames[fn][label_field] = dets
-    else:
+FRAME_CHUNK = 1000  # frames per database write: bounds the detections held in memory
+
+
+def write_sample(sample, labels: SampleLabels, label_field: str, chunk: int = FRAME_CHUNK) -> None:
+    """Replace ``label_field`` on the sample (every frame of a video) with ``labels``.
+
+    A video is written in bulk: its frames' labels are built and written ``chunk`` frames per
+    database write, so RAM stays flat on long videos and the write count is frames / chunk, not
+    one per frame. The summary field is cleared first and written last: a sample that has a
+    summary has all its frames (a failure mid-way leaves none).
+    """
+    summary = summary_field(label_field)
+    if sample.media_type != "video":
         # An image is a one-frame video: its only frame's detections become the sample field.
         sample[label_field] = labels.frames.get(1) or next(iter(labels.frames.values()), None)
-    sample[summary_field(label_field)] = labels.summary
-    sample.save()
+        sample[summary] = labels.summary
+        sample.save()
+        return
+    ds, sid = sample.dataset, sample.id
+    one = ds.select(sid)
+    if ds.has_sample_field(summary):
+        one.clear_sample_field(summary)
+    if ds.has_frame_field(label_field):
+        one.clear_frame_field(label_field)  # frames this run does not label (stride, shorter decode)
+    else:
+        import fiftyone as fo
+
+        ds.add_frame_field(label_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+    ids = _frame_ids(ds, sid, label_field, labels.frame_numbers)
+    batch: dict[str, object] = {}
+    for fn, dets in labels.iter_frames():
+        batch[ids[fn]] = dets
+        if len(batch) >= chunk:
+            ds.set_values(f"frames.{label_field}", batch, key_field="frames.id")
+            batch = {}
+    if batch:
+        ds.set_values(f"frames.{label_field}", batch, key_field="frames.id")
+    ds.set_values(summary, {sid: labels.summary}, key_field="id")
+    sample.reload()  # the caller's object sees what was written
+
+
+def _frame_ids(ds, sample_id: str, label_field: str, frame_numbers: list[int]) -> dict[int, str]:
+    """Frame number -> frame id of the sample; the missing frame documents are created in one write."""
+    def read() -> dict[int, str]:
+        fns, ids = ds.select(sample_id).values(["frames.frame_number", "frames.id"])
+        return dict(zip(fns[0] or [], ids[0] or []))
+    have = read()
+    missing = [fn for fn in frame_numbers if fn not in have]
+    if not missing:
+        return have
+    ds.set_values(f"frames.{label_field}", {sample_id: dict.fromkeys(missing)}, key_field="id", expand_schema=False)
+    return read()
 
 
 def paste_mask(det, width: int, height: int) -> np.ndarray:
