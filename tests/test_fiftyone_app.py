@@ -101,9 +101,18 @@ def wait_for(pg, check, timeout: float, what: str, shot: str | None = None):
 
 
 def open_operator(pg, query: str, title: str) -> None:
-    pg.evaluate("document.activeElement && document.activeElement.blur()")  # the key must reach the App
-    pg.keyboard.press("Backquote")  # the operator browser
-    pg.get_by_placeholder("Search operations by name...").wait_for(timeout=30_000)
+    search = pg.get_by_placeholder("Search operations by name...")
+
+    def press_backtick():
+        # The key must reach the App (not a field), and may be lost while the App re-renders after a
+        # reload: press it again until the operator browser is open.
+        if not search.count():
+            pg.evaluate("document.activeElement && document.activeElement.blur()")
+            pg.keyboard.press("Backquote")
+            pg.wait_for_timeout(1000)
+        return search.count()
+
+    wait_for(pg, press_backtick, 60, "the operator browser", "fiftyone_open_operator.png")
     pg.keyboard.type(query)
     pg.wait_for_timeout(500)
     pg.keyboard.press("Enter")
