@@ -29,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from .store import FrameStore, OutputGeometry, StoreMark
+from .store import FrameStore, OutputGeometry, StoreMark, fsync_dir
 
 log = logging.getLogger("clipvis.resume")
 
@@ -140,7 +140,7 @@ class ResumeDir:
                 os.fsync(f.fileno())
         os.replace(tmp, self.dir / STATE)
         if self.sync:
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         self._last = time.monotonic()
         self.stats.saves += 1
         self.stats.state_bytes += (self.dir / STATE).stat().st_size
@@ -152,14 +152,6 @@ class ResumeDir:
 
 def _cpu(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.detach().cpu()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def sweep(root: Path, max_age: float, finished: Callable[[str], bool], keep: str | None = None) -> list[Path]:

@@ -63,6 +63,15 @@ class OutputGeometry:
     out_hw: tuple[int, int]
 
 
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (atomic writes: temp file, fsync, rename, this)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def mask_sums(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-query float32 sums MaskScore accumulates (same ops, so the same rounding)."""
     pos = (m > 0).to(m.dtype)

@@ -20,7 +20,8 @@ def env_float(name: str, default: float) -> float:
     except ValueError:
         from ..errors import InputError
 
-        raise InputError(f"{name}={raw!r} is not a number: set it to seconds/megabytes as a plain number") from None
+        hint = " (or off)" if name == "CLIPVIS_RESUME_INTERVAL" else ""
+        raise InputError(f"{name}={raw!r} is not a number: set it to seconds/megabytes as a plain number{hint}") from None
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import ClipvisError, InputError
+from ..store import fsync_dir
 
 FINAL = "model_final.pth"
 CARD = "model_card.json"
@@ -51,14 +52,6 @@ def periodic_name(steps_done: int) -> str:
     return f"model_{steps_done - 1:07d}.pth"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_atomic(path: Path, write: Callable[[Any], None], keep_hint: str = "") -> Path:
     """``write(file)`` into a temp file beside ``path``, fsync, rename; on failure remove the temp file."""
     path = Path(path)
@@ -73,7 +66,7 @@ def write_atomic(path: Path, write: Callable[[Any], None], keep_hint: str = "") 
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
         tmp = None
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as e:
         why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
         raise CheckpointError(f"cannot write {path}: {why}; free space or choose another --output{keep_hint}") from None
