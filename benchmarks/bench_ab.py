@@ -109,16 +109,10 @@ def cmd_kernels(args) -> None:
 
     m = load_model(resolve_checkpoint(CHECKPOINT))
     x = torch.randn(1, 3, args.height, args.width, generator=torch.Generator().manual_seed(0))
-    acc: dict[str, float] = {}
+    from bench_segment import stage_timer
 
-    def timed(name, fn):
-        def wrapper(*a, **k):
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                acc[name] = acc.get(name, 0.0) + time.perf_counter() - t0
-        return wrapper
+    acc: dict[str, float] = {}
+    timed = stage_timer(acc)
 
     m.backbone.forward = timed("trunk", m.backbone.forward)
     m.backbone.forward_fast = timed("trunk", m.backbone.forward_fast)

@@ -30,6 +30,19 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def stage_timer(acc: dict[str, float]):
+    """``timed(name, fn)``: ``fn`` wrapped to add its wall time to ``acc[name]``."""
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                acc[name] = acc.get(name, 0.0) + time.perf_counter() - t0
+        return wrapper
+    return timed
+
+
 def synthetic_video(path: Path, frames: int, h: int, w: int) -> Path:
     from videogen import make_video
 
@@ -158,15 +171,7 @@ def cmd_stages(args) -> None:
     vocab = load_vocabulary(args.vocab)
     seg.text_classifier(vocab)
     acc: dict[str, float] = {}
-
-    def timed(name, fn):
-        def wrapper(*a, **k):
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                acc[name] = acc.get(name, 0.0) + time.perf_counter() - t0
-        return wrapper
+    timed = stage_timer(acc)
 
     for name, mod in (("backbone (trunk)", seg.model.backbone), ("pixel decoder", seg.model.sem_seg_head.pixel_decoder),
                       ("transformer decoder", seg.model.sem_seg_head.predictor)):
