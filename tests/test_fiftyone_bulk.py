@@ -87,6 +87,12 @@ def commands(fo_session):  # noqa: F811
     listener = Commands()
     pymongo.monitoring.register(listener)  # applies to clients created from now on:
     fodb._disconnect()  # FiftyOne reconnects on its next call
+    # ...but its repository factory keeps collections of the closed client (delegated operations,
+    # execution stores): later modules' dataset deletes and operator stores would use them.
+    import fiftyone.factory.repo_factory as repo_factory
+
+    repo_factory.RepositoryFactory.repos.clear()
+    repo_factory._db = None
     return listener
 
 

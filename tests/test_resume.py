@@ -4,21 +4,25 @@ worker SIGKILLed mid-video and a second worker finishing the job. Checkpoints st
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 import redis
-from test_jobs_celery import Worker, wait_for
+from test_jobs_celery import ROOT, Worker, wait_for
 from test_long_video import long_video
 
 from clipvis_core.jobs import JobCancelled, JobSettings, JobSpec, JobTimeout, run_job, submit
 from clipvis_core.resume import STATE, ResumeDir, sweep
 from clipvis_core.segmenter import SegmentOptions, get_segmenter
+from clipvis_core.tracks import VideoTracks
 
 VOCAB = ["person", "car, automobile", "red ball", "green box"]
 OPTS = {"min_size": 64, "window": 3}  # windows of 3: an interrupt lands inside a window
@@ -191,5 +195,16 @@ def test_sigkilled_worker_job_resumes_on_another_worker(tiny_card, tmp_path, mon
         for pattern in (f"clipvis-resume-{run}*", f"_kombu.binding.clipvis-resume-{run}*"):
             for k in r.scan_iter(pattern):
                 r.delete(k)
-    local = run_job(JobSpec(str(media), VOCAB, str(tiny_card), OPTS), settings=local_settings(tmp_path / "ref", None))
+    # The uninterrupted reference runs in a fresh process, as the workers do: this long-lived test
+    # process has run other modules' models, and its floats need not match a fresh worker's bit for bit.
+    ref = tmp_path / "uninterrupted.json"
+    code = ("import json, sys, dataclasses; from pathlib import Path\n"
+            "from clipvis_core.jobs import JobSettings, JobSpec, run_job\n"
+            "s = dataclasses.replace(JobSettings.from_env(), broker_url=None, result_backend=None,\n"
+            "    results_dir=Path(sys.argv[1]) / 'results', resume_interval=None)\n"
+            "t = run_job(JobSpec(sys.argv[2], json.loads(sys.argv[3]), sys.argv[4], json.loads(sys.argv[5])), settings=s)\n"
+            "Path(sys.argv[6]).write_text(t.to_json())\n")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "ref"), str(media), json.dumps(VOCAB), str(tiny_card),
+                    json.dumps(OPTS), str(ref)], env=env, cwd=ROOT, check=True, timeout=600)
+    local = VideoTracks.from_json(ref.read_text())
     assert tracks.to_dict() == local.to_dict() and len(local.tracks) > 0
