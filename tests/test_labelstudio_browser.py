@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import lsconfigs
 import pytest
 import requests
 from test_backend_helpers import ROOT, served_backend
@@ -27,14 +28,7 @@ ARTIFACTS = ROOT / "artifacts" / "labelstudio"
 CHROMIUM = "/usr/bin/chromium"
 FPS = 25  # the videos' rate and the config's <Video framerate>: one Label Studio frame = one video frame
 LONG_FRAMES = 200
-VIDEO_CONFIG = f"""<View>
-  <Video name="video" value="$video" framerate="{FPS}"/>
-  <VideoRectangle name="box" toName="video"/>
-  <Labels name="videoLabels" toName="video">
-    <Label value="Vehicle" predicted_values="car, automobile"/>
-    <Label value="Ball"/>
-  </Labels>
-</View>"""
+VIDEO_CONFIG = lsconfigs.VIDEO_CONFIG.replace('framerate="10"', f'framerate="{FPS}"')
 # Label Studio's "Text classification" template: nothing clipvis can pre-annotate.
 TEXT_CONFIG = """<View>
   <Text name="text" value="$text"/>
