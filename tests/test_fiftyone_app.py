@@ -219,17 +219,23 @@ def test_in_operator_run_streams_its_progress(page):
     pg.get_by_role("button", name="Done").click()
 
 
+def type_classes_and_execute(pg, choice: str, classes: str) -> None:
+    """Pick the form's class-list option ``choice``, type ``classes`` in its box, then Execute."""
+    pg.get_by_text(choice).click()
+    box = pg.locator("textarea:visible").first
+    box.wait_for(timeout=30_000)
+    box.fill(classes)
+    pg.keyboard.press("Tab")
+    wait_for(pg, lambda: execute_button(pg).is_enabled(), 60, "Execute enabled")
+    execute_button(pg).click()
+
+
 def test_evaluation_metrics_are_shown(page):
     pg = page
     open_operator(pg, "evaluate video", "Evaluate video instances (clipvis)")
     fill_suggest(pg, 0, "hand")
     fill_suggest(pg, 1, "gt")
-    pg.get_by_text("Base = a list of classes").click()
-    pg.locator("textarea:visible").first.wait_for(timeout=30_000)
-    pg.locator("textarea:visible").first.fill("disc\nsquare")
-    pg.keyboard.press("Tab")
-    wait_for(pg, lambda: execute_button(pg).is_enabled(), 60, "Execute enabled")
-    execute_button(pg).click()
+    type_classes_and_execute(pg, "Base = a list of classes", "disc\nsquare")
     wait_for(pg, lambda: pg.get_by_text("Metric (x100)").count(), 120, "the metrics table", "fiftyone_evaluation.png")
     pg.screenshot(path=str(SHOTS / "fiftyone_evaluation.png"))
     rows = {r.locator("td").first.inner_text(): [c.inner_text() for c in r.locator("td").all()[1:]]
@@ -243,12 +249,7 @@ def test_novel_categories_view_opens_on_its_first_run(page, app_dataset):
     pg = page
     open_operator(pg, "novel", "Find novel categories (clipvis)")
     fill_suggest(pg, 0, "clipvis")
-    pg.get_by_text("A list of classes").click()
-    pg.locator("textarea:visible").first.wait_for(timeout=30_000)
-    pg.locator("textarea:visible").first.fill("rectangle")
-    pg.keyboard.press("Tab")
-    wait_for(pg, lambda: execute_button(pg).is_enabled(), 60, "Execute enabled")
-    execute_button(pg).click()
+    type_classes_and_execute(pg, "A list of classes", "rectangle")
     wait_for(pg, lambda: pg.get_by_text("Samples tagged").count(), 120, "the novelty summary", "fiftyone_novel_view.png")
     app_dataset.reload()
     tagged = len(app_dataset.load_saved_view("clipvis novel categories"))

@@ -30,6 +30,14 @@ OPTS = {"min_size": 0}
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def purge_keys(url: str, prefix: str) -> None:
+    """Drop a test's Redis keys: its queues, records and kombu's bindings (names start with ``prefix``)."""
+    r = redis.Redis.from_url(url)
+    for pattern in (f"{prefix}*", f"_kombu.binding.{prefix}*"):
+        for k in r.scan_iter(pattern):
+            r.delete(k)
+
+
 class Worker:
     def __init__(self, name: str, env: dict, log: Path, card: Path):
         self.name, self.log = name, log
@@ -83,10 +91,7 @@ def cluster(tmp_path_factory, tiny_card):
         finally:
             for w in workers:
                 w.stop()
-            r = redis.Redis.from_url(url)
-            for pattern in (f"clipvis-test-{run}*", f"_kombu.binding.clipvis-test-{run}*"):
-                for k in r.scan_iter(pattern):
-                    r.delete(k)
+            purge_keys(url, f"clipvis-test-{run}")
 
 
 @pytest.fixture(scope="module")

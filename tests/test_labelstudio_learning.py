@@ -22,6 +22,7 @@ import redis
 import requests
 from shapes_data import shapes_video
 from test_backend_helpers import free_port, stop, wait_http
+from test_jobs_celery import purge_keys
 from test_labelstudio_e2e import BASIC, TOKEN, _connect
 
 from backend.brush import mask_to_rle
@@ -391,6 +392,4 @@ def test_corrections_improve_predictions_end_to_end_on_celery(label_studio, tiny
             if proc is not None:
                 proc.stop()
         stop(backend.proc)
-        for pattern in (f"{queue}*", f"_kombu.binding.{queue}*"):
-            for k in r.scan_iter(pattern):
-                r.delete(k)
+        purge_keys(url, queue)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from test_jobs_celery import ROOT, Worker, wait_for
+from test_jobs_celery import ROOT, Worker, purge_keys, wait_for
 from test_long_video import long_video
 
 from clipvis_core.jobs import JobCancelled, JobSettings, JobSpec, JobTimeout, run_job, submit
@@ -191,10 +191,7 @@ def test_sigkilled_worker_job_resumes_on_another_worker(tiny_card, tmp_path, mon
     finally:
         for w in workers:
             w.stop()
-        r = redis.Redis.from_url(url)
-        for pattern in (f"clipvis-resume-{run}*", f"_kombu.binding.clipvis-resume-{run}*"):
-            for k in r.scan_iter(pattern):
-                r.delete(k)
+        purge_keys(url, f"clipvis-resume-{run}")
     # The uninterrupted reference runs in a fresh process, as the workers do: this long-lived test
     # process has run other modules' models, and its floats need not match a fresh worker's bit for bit.
     ref = tmp_path / "uninterrupted.json"
