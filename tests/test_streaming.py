@@ -1,7 +1,10 @@
 """Streaming == upstream's whole-video algorithm, on a real video longer than memory and window."""
+import contextlib
+
 import numpy as np
 import pytest
 
+from clipvis_core.modeling.model import ClipVisModel
 from clipvis_core.segmenter import SegmentOptions, get_segmenter
 from clipvis_core.tracks import VideoTracks, decode_mask
 from clipvis_core.video import open_video
@@ -16,24 +19,54 @@ def seg(tiny_card):
     return get_segmenter(str(tiny_card), device="cpu")
 
 
+@contextlib.contextmanager
+def plain_kernels():
+    """The streaming path on upstream's plain PyTorch/MKL kernels instead of oneDNN's (cpu_kernels)."""
+    ClipVisModel.upstream_kernels = True
+    try:
+        yield
+    finally:
+        ClipVisModel.upstream_kernels = False
+
+
+def assert_same_tracks(tracks_a, tracks_b, frame_atol: float, max_moved: float = 0.0, score_atol: float = 1e-5) -> None:
+    """Same classes and order, track scores within ``score_atol``, < 1 in 10 000 of a track's pixels
+    flipped; per-frame scores within ``frame_atol`` except a ``max_moved`` share of them."""
+    moved = total = 0
+    for a, b in zip(tracks_a, tracks_b, strict=True):
+        assert (a.label, a.category_id) == (b.label, b.category_id)
+        assert abs(a.score - b.score) < score_atol, (a.score, b.score)
+        diff = np.abs(np.asarray(a.frame_scores) - np.asarray(b.frame_scores))
+        moved, total = moved + int((diff > frame_atol).sum()), total + len(diff)
+        assert diff.max() < 1e-2, diff
+        flips = sum(int((decode_mask(x) != decode_mask(y)).sum()) for x, y in zip(a.masks, b.masks))
+        assert flips <= 1e-4 * sum(decode_mask(x).size for x in a.masks), flips
+    assert moved <= max_moved * total, f"{moved} of {total} per-frame scores moved by > {frame_atol}"
+
+
 def test_streaming_equals_whole_video(seg, tmp_path):
     path = make_video(tmp_path / "long.avi", num_frames=23, height=90, width=120)
     opts = SegmentOptions(window=4, min_size=96)
     assert 23 > seg.cfg.inference.memory_len and 23 > opts.window
     progress = []
-    stream = seg.segment(str(path), VOCAB, opts, progress=progress.append)
+    with plain_kernels():  # the algorithm alone: the whole-video baseline runs plain kernels too
+        stream = seg.segment(str(path), VOCAB, opts, progress=progress.append)
     assert [p.frames_done for p in progress[:-1]] == list(range(1, 24))
     assert progress[-1].result is stream and all(p.frames_total == 23 for p in progress)
     with open_video(path) as reader:
         frames = np.stack([f for _, f in reader])
-    whole = segment_whole_video(seg, frames, VOCAB, opts)
+    # Same deformable-attention kernel as streaming: grid_sample's rounding differs from it, and on
+    # some CPUs that flips pooled-mask pixels (both kernels are compared in test_decoder_paths.py).
+    whole = segment_whole_video(seg, frames, VOCAB, opts, upstream_attention=False)
     assert len(stream.tracks) == len(whole.tracks) == seg.cfg.inference.detections
-    for a, b in zip(stream.tracks, whole.tracks):
-        assert (a.label, a.category_id) == (b.label, b.category_id)
-        assert abs(a.score - b.score) < 1e-5
-        np.testing.assert_allclose(a.frame_scores, b.frame_scores, atol=1e-5)
-        flips = sum(int((decode_mask(x) != decode_mask(y)).sum()) for x, y in zip(a.masks, b.masks))
-        assert flips <= 4
+    assert_same_tracks(stream.tracks, whole.tracks, frame_atol=1e-5)
+    # The default oneDNN kernels against the plain ones. A per-frame class score may move where a
+    # mask's boundary pixel flipped at the feature map's resolution: the classifier pools CLIP features
+    # under the binarised mask, and at this clip's size that map has 12 pixels; the track's score
+    # averages it over the 23 frames.
+    fast = seg.segment(str(path), VOCAB, opts)
+    assert_same_tracks(fast.tracks, stream.tracks, frame_atol=1e-5, max_moved=0.1, score_atol=1e-4)
+    stream = fast
     # Tracks are complete and at the video's resolution.
     t0 = stream.tracks[0]
     assert len(t0.masks) == 23 and decode_mask(t0.masks[0]).shape == (90, 120)
