@@ -103,7 +103,8 @@ def test_rerun_on_selection_replaces_the_field(ds, small_card):
     check_video_labels(first, "pred", stored_tracks(first, small_card))
 
 
-def test_segment_in_bf16_is_its_own_job(ds, small_card):
+def test_segment_in_bf16_is_its_own_job(ds, small_card, monkeypatch):
+    monkeypatch.setenv("CLIPVIS_ALLOW_SLOW_BF16", "1")  # any CPU (test_precision.py tests the refusal)
     dataset, _ = ds
     first = dataset.first()
     run_op("segment_video_instances", dataset, seg_params(small_card, label_field="pred_bf16", precision="bf16",

@@ -1,5 +1,6 @@
 """Precision modes (fp32 / bf16 / fp16): each runs end to end on CPU where it can, fp32 is unchanged,
-fp16 on CPU is one line naming bf16, and the job key only changes away from fp32."""
+fp16 on CPU is one line naming bf16, bf16 on a CPU without bfloat16 kernels is one line naming fp32
+unless allowed, and the job key only changes away from fp32."""
 import json
 import os
 import subprocess
@@ -18,6 +19,13 @@ from clipvis_core.tracks import VideoTracks
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["--class", "red ball", "--class", "car, automobile", "--class", "dog"]
+
+
+@pytest.fixture(autouse=True)
+def allow_slow_bf16(monkeypatch):
+    """bf16 runs here on any CPU (the tiny model takes seconds even emulated); the refusal on CPUs
+    without bfloat16 kernels is tested on its own below."""
+    monkeypatch.setenv("CLIPVIS_ALLOW_SLOW_BF16", "1")
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +104,37 @@ def test_cli_fp16_on_cpu_is_one_line_and_writes_nothing(video, tiny_card, tmp_pa
     assert rc == 2
     assert err.strip().count("\n") == 0 and err.startswith("clipvis: error:") and "bf16" in err
     assert not out.exists()
+
+
+def test_bf16_on_a_cpu_without_bfloat16_kernels_is_one_line_unless_allowed(video, tiny_card, tmp_path, monkeypatch,
+                                                                         capsys):
+    from clipvis_core import precision
+    from clipvis_core.cli import main
+
+    # The hardware probe answers for an AVX2-only CPU (this machine kind has both kinds of CPU).
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.delenv("CLIPVIS_ALLOW_SLOW_BF16")
+    out = tmp_path / "t.json"
+    args = ["segment", str(video), "--checkpoint", str(tiny_card), "-o", str(out), *CLASSES, "--device", "cpu", "--quiet"]
+    assert main([*args, "--precision", "bf16"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "use fp32" in err and "CLIPVIS_ALLOW_SLOW_BF16=1" in err, err
+    assert not out.exists()
+    monkeypatch.setenv("CLIPVIS_PRECISION", "bf16")
+    monkeypatch.setenv("CLIPVIS_DEVICE", "cpu")
+    monkeypatch.delenv("CLIPVIS_BROKER_URL", raising=False)
+    from backend.settings import BackendSettings
+    from plugin import params as P
+
+    with pytest.raises(InputError, match="CLIPVIS_PRECISION: precision bf16 is emulated"):
+        BackendSettings.from_env(checkpoint=str(tiny_card))
+    with pytest.raises(InputError, match="use fp32"):
+        P._precision("bf16")  # the FiftyOne form shows it and keeps Execute disabled
+    monkeypatch.setenv("CLIPVIS_ALLOW_SLOW_BF16", "1")
+    assert main([*args, "--precision", "bf16"]) == 0
+    assert VideoTracks.load(out).options["precision"] == "bf16"
+    # CUDA and fp32 are not this check's business.
+    assert precision.check_precision("bf16", "cuda") == "bf16" and precision.check_precision("fp32", "cpu") == "fp32"
 
 
 def test_job_key_changes_only_away_from_fp32(video, tiny_card):
