@@ -123,7 +123,17 @@ def report(title: str, runs: dict) -> None:
 
 
 def _precisions(device: str):
-    return ("fp32", "bf16", "fp16") if device.startswith("cuda") else ("fp32", "bf16")
+    if device.startswith("cuda"):
+        return ("fp32", "bf16", "fp16")
+    from clipvis_core.errors import InputError
+    from clipvis_core.precision import check_precision
+
+    try:
+        check_precision("bf16", "cpu")
+    except InputError as e:  # emulated bf16 takes minutes a frame: nothing to compare
+        print(f"bf16 skipped: {e}")
+        return ("fp32",)
+    return ("fp32", "bf16")
 
 
 def cmd_full(args) -> None:
