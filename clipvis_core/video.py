@@ -12,6 +12,7 @@ YouTube-VIS / LV-VIS source videos).
 """
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import os
@@ -23,6 +24,9 @@ import numpy as np
 
 from .errors import InputError
 from .tracks import VideoInfo
+
+log = logging.getLogger(__name__)
+_WARNED: set[tuple[str, int, int]] = set()  # a file is opened more than once per run: say it once
 
 DEFAULT_FPS = 30.0
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
@@ -264,16 +268,28 @@ class VideoReader:
         grab() demuxes and decodes without colour conversion. Returns None when ``limit`` frames
         exist (the selection needs no more), else the exact count.
         """
+        import cv2
+
         cap = _open_capture(path)
         n = 0
         try:
+            declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
             while limit is None or n < limit:
                 if not cap.grab():
-                    return n
+                    break
                 n += 1
-            return None
+            else:
+                return None
         finally:
             cap.release()
+        # Counts differ by a frame or two (edit lists, VFR); far fewer usually means a cut-off file,
+        # whose frames would otherwise be segmented without a word.
+        if 0 < n < 0.9 * declared and declared - n >= 2 and (str(path), n, declared) not in _WARNED:
+            _WARNED.add((str(path), n, declared))
+            log.warning("video %s: only %d of the %d frames its container declares decode: the file looks "
+                        "truncated or damaged; segmenting those %d (re-encode or re-copy it to check)",
+                        path, n, declared, n)
+        return n
 
     # -- iteration -------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -237,3 +237,24 @@ def test_rotation_metadata_applied(tmp_path):
     reader = open_video(rot)
     assert (reader.info.width, reader.info.height) == (48, 80)
     assert all(f.shape == (80, 48, 3) for _, f in reader)
+
+
+def test_a_cut_off_video_is_segmented_as_far_as_it_decodes_and_said_once(tmp_path, caplog):
+    """A copy cut short (moov atom first, so the container still declares every frame) decodes only
+    its first frames: those are the video, and a warning names the file and both counts, once."""
+    full = write_video(tmp_path / "full.mp4", shape_frames(40, 64, 96, seed=3), fps=10.0, codec="h264")
+    faststart = tmp_path / "faststart.mp4"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(full), "-c", "copy", "-movflags", "+faststart",
+                    str(faststart)], check=True)
+    data = faststart.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    with caplog.at_level("WARNING", logger="clipvis_core.video"):
+        assert open_video(full).info.num_frames == 40
+        assert not caplog.records  # a whole file: nothing to say
+        n = open_video(cut).info.num_frames
+        again = open_video(cut)
+    assert 0 < n < 36 and again.info.num_frames == n and len(list(again)) == n
+    assert [r.getMessage() for r in caplog.records] == [
+        f"video {cut}: only {n} of the 40 frames its container declares decode: the file looks truncated or "
+        f"damaged; segmenting those {n} (re-encode or re-copy it to check)"]
