@@ -394,7 +394,7 @@ def test_corrections_improve_predictions_end_to_end_on_celery(label_studio, tiny
         # runs (each promoted by its own held-out AP), so the mask check here is "not broken"; the
         # fine-tune's gain on held-out data is asserted in test_train_loop.py and test_fiftyone_learn.py.
         assert acc_a > acc_b + 0.1
-        assert iou_a > iou_b - 0.1
+        assert iou_a > iou_b - 0.15  # a broken generator drops it to ~0
         lin = json.loads((tmp_path / "models" / done["line"] / "versions" / outcomes["adapt"]["version"]
                           / "lineage.json").read_text())
         assert lin["metrics"]["loo_accuracy_adapted"] > lin["metrics"]["loo_accuracy_text"]
