@@ -29,6 +29,17 @@ SHOTS = ROOT / "artifacts" / "fiftyone"
 OPERATORS = ("segment_video_instances", "find_novel_categories", "evaluate_video_instances", "learn_from_corrections")
 FRAMES = 8
 LOAD_S = 180_000  # ms: the App's first page load takes 1-2 minutes on a busy 2-core machine
+# The in-operator run's progress label, and a page script recording each one the App renders.
+PROGRESS_RE = r"\d/3 samples - app\d\.mp4: frame [1-9]\d*/\d"
+RECORD_PROGRESS = """(pattern) => {
+    const re = new RegExp(pattern), seen = window.__clipvisProgress = [];
+    const look = (node) => {
+        const m = node && node.textContent && node.textContent.match(re);
+        if (m && seen[seen.length - 1] !== m[0]) seen.push(m[0]);
+    };
+    new MutationObserver((records) => records.forEach((r) => look(r.target)))
+        .observe(document.body, {subtree: true, childList: true, characterData: true});
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -225,18 +236,6 @@ def test_in_operator_run_streams_its_progress(page):
     print(f"\nprogress labels rendered: {seen}")
     assert seen, "no progress label was rendered while the in-operator run ran"
     pg.get_by_role("button", name="Done").click()
-
-
-PROGRESS_RE = r"\d/3 samples - app\d\.mp4: frame [1-9]\d*/\d"
-RECORD_PROGRESS = """(pattern) => {
-    const re = new RegExp(pattern), seen = window.__clipvisProgress = [];
-    const look = (node) => {
-        const m = node && node.textContent && node.textContent.match(re);
-        if (m && seen[seen.length - 1] !== m[0]) seen.push(m[0]);
-    };
-    new MutationObserver((records) => records.forEach((r) => look(r.target)))
-        .observe(document.body, {subtree: true, childList: true, characterData: true});
-}"""
 
 
 def type_classes_and_execute(pg, choice: str, classes: str) -> None:

@@ -37,7 +37,7 @@ CONFIG = """<View>
 </View>"""
 H, W = 64, 96
 # Image fine-tuning crops at 256 px, near the 240 px the backend serves the tiny model at (upstream's
-# 1024 px LSJ crops of these 64x96 images made every step ~10x slower and the gain smaller).
+# 1024 px LSJ crops of these 64x96 images made every step ~10x slower).
 FAST = {"loss": {"num_points": 1024}, "augment": {"image_size": 256, "video_min_sizes": [64], "video_max_size": 128},
         "num_workers": 0}
 AUTH = BASIC
