@@ -24,3 +24,28 @@ def test_inference_decoder_equals_full_resolution_path(seg, ref_dir, impl, monke
     for a, b in ((fast.masks, full.masks), (fast.object_logits, full.object_logits), (fast.ious, full.ious),
                  (fast.embeds, full.embeds)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("batch,heads,dim,points,shapes,spread", [
+    (2, 8, 32, 4, [(15, 27), (30, 54), (60, 108)], 3.0),  # ConvNeXt-B's pixel decoder at 480x864
+    (1, 4, 8, 2, [(3, 5), (6, 10)], 20.0),  # most points far outside the maps: zero padding
+])
+def test_bag_deformable_attention_equals_grid_sample(batch, heads, dim, points, shapes, spread):
+    """The fast kernel's level-by-level index arithmetic against upstream's grid_sample formulation,
+    with several frames (per-frame value tables) and points on, near and past every border."""
+    from clipvis_core.modeling.pixel_decoder import DeformableEncoder
+
+    g = torch.Generator().manual_seed(7)
+    levels, tokens = len(shapes), sum(h * w for h, w in shapes)
+    value = torch.randn(batch, tokens, heads, dim, generator=g)
+    ref = DeformableEncoder.reference_points(shapes, "cpu").expand(batch, -1, -1, -1)
+    offsets = torch.randn(batch, tokens, heads, levels, points, 2, generator=g) * spread
+    offsets[0, :5] = torch.tensor([-0.5, 0.5]).view(1, 1, 1, 1, 2) * 1e4  # far past the top-right corner
+    attn = torch.randn(batch, tokens, heads, levels * points, generator=g).softmax(-1).view(batch, tokens, heads, levels, points)
+    size = torch.tensor([[w, h] for h, w in shapes], dtype=torch.float32).view(1, 1, 1, levels, 1, 2)
+    locations = ref[:, :, None, :, None, :] + offsets / size
+    assert (locations < 0).any() and (locations > 1).any()
+    fast = deform_attn.ms_deform_attn_bag(value, shapes, ref, offsets, attn)
+    reference = deform_attn.ms_deform_attn_grid_sample(value, shapes, locations, attn)
+    torch.testing.assert_close(fast, reference, atol=2e-5, rtol=1e-5)
+    assert fast[0, :5].abs().max() == 0  # every sample of those queries fell outside: zeros, as grid_sample

@@ -37,24 +37,26 @@ def active() -> bool:
     return _ON.get()
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear``; through oneDNN while the fast path is on and there are enough rows to pay."""
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool = False) -> torch.Tensor:
+    """``F.linear`` (then ``F.relu`` if ``relu``); through oneDNN while the fast path is on and there are
+    enough rows to pay, with the ReLU applied in the GEMM's output pass."""
     if not _ON.get() or x.dtype != torch.float32 or x.numel() < 1024 * x.shape[-1]:  # small: MKL is as fast
-        return F.linear(x, weight, bias)
-    y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), weight, bias, "none", [], "")
+        y = F.linear(x, weight, bias)
+        return F.relu(y) if relu else y
+    y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), weight, bias, "relu" if relu else "none", [], "")
     return y.view(*x.shape[:-1], weight.shape[0])
 
 
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters and keys) whose inference forward may use ``linear`` above."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
+    def forward(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        return linear(x, self.weight, self.bias, relu)
 
 
 def attention(attn: nn.MultiheadAttention, query, key, value, attn_mask: torch.Tensor | None = None):
     """``attn(query, key, value, attn_mask=attn_mask)[0]`` for sequence-first inputs and an optional boolean
-    mask (True = blocked, [N*heads, Lq, Lk]), with the projections through ``linear`` and no attention
+    mask (True = blocked, [N, Lq, Lk], the same for every head), with the projections through ``linear`` and no attention
     weights returned (nn.MultiheadAttention averages them even when nobody reads them). Needs the
     packed in-projection (same embed size for query, key and value) and no bias_k / bias_v."""
     lq, n, d = query.shape
@@ -65,7 +67,7 @@ def attention(attn: nn.MultiheadAttention, query, key, value, attn_mask: torch.T
     def heads(x, w, b):  # [L, N, d] -> [N, heads, L, d/heads]
         return linear(x, w, b).view(x.shape[0], n, h, d // h).permute(1, 2, 0, 3)
 
-    mask = None if attn_mask is None else ~attn_mask.view(n, h, lq, -1)
+    mask = None if attn_mask is None else ~attn_mask.unsqueeze(1)  # broadcast over heads
     out = F.scaled_dot_product_attention(heads(query, wq, bq), heads(key, wk, bk), heads(value, wv, bv), attn_mask=mask)
     out = out.permute(2, 0, 1, 3).reshape(lq, n, d)
     return linear(out, attn.out_proj.weight, attn.out_proj.bias)

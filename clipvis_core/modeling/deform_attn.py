@@ -31,7 +31,7 @@ def ms_deform_attn_grid_sample(value, spatial_shapes, sampling_locations, attent
     return out.transpose(1, 2).contiguous()
 
 
-def ms_deform_attn_bag(value, spatial_shapes, sampling_locations, attention_weights):
+def ms_deform_attn_bag(value, spatial_shapes, reference_points, offsets, attention_weights):
     """Fast path: bilinear sampling fused with the attention weights as one ``embedding_bag``.
 
     Every (frame, query, head) output is a weighted sum of 4 * L * P rows of the value table (the
@@ -39,43 +39,50 @@ def ms_deform_attn_bag(value, spatial_shapes, sampling_locations, attention_weig
     per-sample weights computes it without materialising sampled values. Each level's map gets a
     zero border (1 before, 2 after) and coordinates are clamped to [-1, size]: a point outside the
     map then lands on zeros with unchanged weights, which is ``grid_sample``'s zero padding without
-    any validity masks. value [N, S, M, D]; sampling_locations [N, Lq, M, L, P, 2] (x, y in [0, 1]);
-    attention_weights [N, Lq, M, L, P]. Returns [N, Lq, M*D].
+    any validity masks. value [N, S, M, D]; reference_points [N, Lq, L, 2] (x, y in [0, 1]);
+    offsets [N, Lq, M, L, P, 2] in pixels of each level; attention_weights [N, Lq, M, L, P].
+    Returns [N, Lq, M*D].
+
+    The index arithmetic runs level by level on contiguous [N, Lq, M, P] planes with the level's
+    size as a Python number: broadcasting per-level constants over the tiny (L, P, 2) trailing dims
+    ran TensorIterator's inner loops over 2-4 elements, and cost more than the gather itself.
+    Elementwise, the arithmetic is the same as ``reference + offset / size`` in the reference path.
     """
     n, s, m, d = value.shape
-    _, lq, _, num_levels, p, _ = sampling_locations.shape
-    dev = value.device
-    blocks, starts, offsets, start = [], [], [], 0
-    for lvl, (h, w) in enumerate(spatial_shapes):
-        h, w = int(h), int(w)
-        v = value[:, start:start + h * w].reshape(n, h, w, m, d)
-        v = F.pad(v.permute(0, 3, 4, 1, 2), (1, 2, 1, 2))  # [N, M, D, h+3, w+3]
-        blocks.append(v.permute(0, 1, 3, 4, 2).reshape(n * m, -1, d))
-        starts.append(sum(b.shape[1] for b in blocks[:-1]))
-        offsets.append((0, 1, w + 3, w + 4))
-        start += h * w
-    table = torch.cat(blocks, 1)  # [N*M, S_padded, D]
-    s_pad = table.shape[1]
-    table = table.reshape(-1, d)
-    size = torch.tensor([[int(w), int(h)] for h, w in spatial_shapes], device=dev, dtype=sampling_locations.dtype)
-    # Pixel coordinates with align_corners=False: the centre of pixel i sits at i + 0.5.
-    xy = (sampling_locations * size.view(1, 1, 1, num_levels, 1, 2) - 0.5).clamp_(min=-1.0)
-    xy = torch.minimum(xy, size.view(1, 1, 1, num_levels, 1, 2))
-    xy0 = xy.floor()
-    frac = xy - xy0
-    xy0 = xy0.long() + 1  # into the bordered map
-    width = (size[:, 0].long() + 3).view(1, 1, 1, num_levels, 1)
-    lvl_start = torch.tensor(starts, device=dev).view(1, 1, 1, num_levels, 1)
-    head = (torch.arange(n, device=dev).view(n, 1, 1) * m + torch.arange(m, device=dev).view(1, 1, m)) * s_pad
-    top_left = head.view(n, 1, m, 1, 1) + lvl_start + xy0[..., 1] * width + xy0[..., 0]
-    corner = torch.tensor(offsets, device=dev).view(1, 1, 1, num_levels, 1, 4)
-    idx = (top_left.unsqueeze(-1) + corner).reshape(n * lq * m, num_levels * p * 4)
-    fx, fy = frac.unbind(-1)
-    gx = torch.stack((1 - fx, fx), -1)
-    gy = torch.stack((1 - fy, fy), -1) * attention_weights.unsqueeze(-1)
-    # corner order (dy, dx) = 00, 01, 10, 11, as in `offsets`
-    wts = (gy.unsqueeze(-1) * gx.unsqueeze(-2)).reshape(n * lq * m, num_levels * p * 4)
-    out = F.embedding_bag(idx, table, per_sample_weights=wts.to(value.dtype), mode="sum")
+    _, lq, _, num_levels, p, _ = offsets.shape
+    shapes = [(int(h), int(w)) for h, w in spatial_shapes]
+    starts = [0]
+    for h, w in shapes:
+        starts.append(starts[-1] + (h + 3) * (w + 3))
+    table = value.new_zeros(n, m, starts[-1], d)  # [N, M, S_padded, D]
+    src = 0
+    for lvl, (h, w) in enumerate(shapes):
+        inner = table[:, :, starts[lvl]:starts[lvl + 1]].view(n, m, h + 3, w + 3, d)[:, :, 1:h + 1, 1:w + 1]
+        inner.copy_(value[:, src:src + h * w].view(n, h, w, m, d).permute(0, 3, 1, 2, 4))
+        src += h * w
+    coord = torch.promote_types(offsets.dtype, reference_points.dtype)  # bf16 offsets (autocast): fp32 maths
+    off = offsets.permute(5, 3, 0, 1, 2, 4).to(coord).contiguous()  # [2, L, N, Lq, M, P]
+    ref = reference_points.permute(3, 2, 0, 1).contiguous().view(2, num_levels, n, lq, 1, 1)
+    attn = attention_weights.permute(3, 0, 1, 2, 4).contiguous()  # [L, N, Lq, M, P]
+    head = torch.arange(n * m, device=value.device).view(n, 1, m, 1).mul(starts[-1]).expand(n, 1, m, p).contiguous()
+    idx = torch.empty(n, lq, m, num_levels, p, 4, dtype=torch.long, device=value.device)
+    wts = torch.empty(n, lq, m, num_levels, p, 4, dtype=value.dtype, device=value.device)
+    for lvl, (h, w) in enumerate(shapes):
+        # Pixel coordinates with align_corners=False: the centre of pixel i sits at i + 0.5.
+        x = ((ref[0, lvl] + off[0, lvl] / w) * w - 0.5).clamp_(-1.0, w)
+        y = ((ref[1, lvl] + off[1, lvl] / h) * h - 0.5).clamp_(-1.0, h)
+        x0, y0 = x.floor(), y.floor()
+        fx, fy = x - x0, y - y0
+        top_left = (y0.long() + 1) * (w + 3) + (x0.long() + 1) + (head + starts[lvl])  # into the bordered map
+        i, wt = idx[:, :, :, lvl], wts[:, :, :, lvl]
+        # corner order (dy, dx) = 00, 01, 10, 11
+        i[..., 0] = top_left
+        for c, step in ((1, 1), (2, w + 3), (3, w + 4)):
+            torch.add(top_left, step, out=i[..., c])
+        gy0, gy1, gx0 = (1 - fy) * attn[lvl], fy * attn[lvl], 1 - fx
+        for c, (a, b) in enumerate(((gy0, gx0), (gy0, fx), (gy1, gx0), (gy1, fx))):
+            torch.mul(a, b, out=wt[..., c])
+    out = F.embedding_bag(idx.view(n * lq * m, -1), table.view(-1, d), per_sample_weights=wts.view(n * lq * m, -1), mode="sum")
     return out.view(n, lq, m * d)
 
 
@@ -102,11 +109,10 @@ class MSDeformAttn(nn.Module):
         offsets = self.sampling_offsets(query).view(n, lq, m, num_levels, p, 2)
         attn = self.attention_weights(query).view(n, lq, m, num_levels * p)
         attn = F.softmax(attn, -1).view(n, lq, m, num_levels, p)
+        # Training: embedding_bag's backward with per-sample weights is ~2x slower than grid_sample's.
+        if self.impl == "bag" and not (torch.is_grad_enabled() and value.requires_grad):
+            return self.output_proj(ms_deform_attn_bag(value, spatial_shapes, reference_points, offsets, attn))
         shapes = torch.as_tensor(spatial_shapes, dtype=query.dtype, device=query.device)
         normalizer = torch.stack([shapes[:, 1], shapes[:, 0]], -1)  # (w, h)
         locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-        # Training: embedding_bag's backward with per-sample weights is ~2x slower than grid_sample's.
-        fast = self.impl == "bag" and not (torch.is_grad_enabled() and value.requires_grad)
-        core = ms_deform_attn_bag if fast else ms_deform_attn_grid_sample
-        out = core(value, spatial_shapes, locations, attn)
-        return self.output_proj(out)
+        return self.output_proj(ms_deform_attn_grid_sample(value, spatial_shapes, locations, attn))

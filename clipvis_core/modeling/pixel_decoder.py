@@ -50,7 +50,7 @@ class EncoderLayer(nn.Module):
 
     def forward(self, src, pos, reference_points, spatial_shapes):
         src = self.norm1(src + self.self_attn(src + pos, reference_points, src, spatial_shapes))
-        return self.norm2(src + self.linear2(F.relu(self.linear1(src))))
+        return self.norm2(src + self.linear2(self.linear1(src, relu=True)))
 
 
 class Encoder(nn.Module):

@@ -74,9 +74,11 @@ class CrossAttentionLayer(nn.Module):
         return self.norm(tgt + self._attend(tgt + query_pos, memory + pos, memory, attn_mask))
 
     def _attend(self, q, k, v, attn_mask):
+        """attn_mask: [N, Q, HW], True = blocked, the same for every head."""
         if cpu_kernels.active() and self.multihead_attn._qkv_same_embed_dim:  # K/V projections over every memory token: oneDNN GEMMs
             return cpu_kernels.attention(self.multihead_attn, q, k, v, attn_mask)
-        return self.multihead_attn(q, k, value=v, attn_mask=attn_mask)[0]
+        per_head = attn_mask.repeat_interleave(self.multihead_attn.num_heads, dim=0)  # [N*heads, Q, HW], as upstream's
+        return self.multihead_attn(q, k, value=v, attn_mask=per_head)[0]
 
 
 class FFNLayer(nn.Module):
@@ -168,6 +170,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             if not need_attn:
                 return obj, masks, iou, None
             attn = F.interpolate(masks, size=attn_size, mode="bilinear", align_corners=False)
-        # sigmoid < 0.5  <=>  logit < 0: positions outside the predicted mask are blocked.
-        attn_mask = (attn.sigmoid().flatten(2).unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1) < 0.5).detach()
+        # Positions outside the predicted mask are blocked; one mask serves every head (upstream repeats
+        # it per head before comparing, 4 bytes x heads per position on the largest map).
+        attn_mask = (attn.sigmoid().flatten(2) < 0.5).detach()
         return obj, masks, iou, attn_mask
