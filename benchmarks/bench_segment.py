@@ -173,6 +173,7 @@ def cmd_stages(args) -> None:
     acc: dict[str, float] = {}
     timed = stage_timer(acc)
 
+    seg.model.backbone.forward_fast = timed("backbone (trunk)", seg.model.backbone.forward_fast)
     for name, mod in (("backbone (trunk)", seg.model.backbone), ("pixel decoder", seg.model.sem_seg_head.pixel_decoder),
                       ("transformer decoder", seg.model.sem_seg_head.predictor)):
         mod.forward = timed(name, mod.forward)

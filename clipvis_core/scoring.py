@@ -107,4 +107,8 @@ def masks_to_output_logits(masks: torch.Tensor, padded_hw, image_hw, out_hw) -> 
     bilinear to the padded size, crop to the image size, bilinear to the output size."""
     x = F.interpolate(masks[None], size=tuple(padded_hw), mode="bilinear", align_corners=False)
     x = x[:, :, : image_hw[0], : image_hw[1]]
+    if tuple(out_hw) == tuple(x.shape[-2:]):
+        # Same size: bilinear weights are exactly (1, 0), so the resize is the identity bit for bit
+        # (and half of this function's time at 480p).
+        return x[0]
     return F.interpolate(x, size=tuple(out_hw), mode="bilinear", align_corners=False)[0]
