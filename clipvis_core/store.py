@@ -82,8 +82,13 @@ def output_rles(m: torch.Tensor, geom: OutputGeometry) -> list[bytes]:
     """[Q, h/4, w/4] logits -> Q COCO RLE ``counts`` of the thresholded output-resolution masks."""
     counts: list[bytes] = []
     for i in range(0, len(m), _CHUNK):
-        out = masks_to_output_logits(m[i:i + _CHUNK], geom.padded_hw, geom.image_hw, geom.out_hw) > 0
-        rles = mask_utils.encode(np.asfortranarray(out.numpy().transpose(1, 2, 0).astype(np.uint8)))
+        x = masks_to_output_logits(m[i:i + _CHUNK], geom.padded_hw, geom.image_hw, geom.out_hw)
+        # Thresholded straight into the column-major [H, W, K] layout pycocotools reads (as [K, W, H]
+        # rows), instead of thresholding, converting to uint8 and transposing in three passes.
+        k, h, w = x.shape
+        out = torch.empty(k, w, h, dtype=torch.bool)
+        torch.gt(x.transpose(1, 2), 0, out=out)
+        rles = mask_utils.encode(out.view(torch.uint8).numpy().transpose(2, 1, 0))
         counts += [r["counts"] for r in rles]
     return counts
 
