@@ -158,14 +158,14 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
 
     def _heads(self, output, mask_features, attn_size, small_features=None, need_attn=True):
         """``small_features``: mask features already at ``attn_size``; then only the attention mask is
-        computed (``masks`` is None)."""
+        computed (``obj``, ``masks`` and ``iou`` are None: nobody reads an intermediate layer's)."""
         x = self.decoder_norm(output).transpose(0, 1)  # [N, Q, d]
-        obj = self.object_embed(x)
         embed = self.mask_embed(x)
-        iou = self.iou_head(x).sigmoid()
         if small_features is not None:
-            masks, attn = None, torch.einsum("bqc,bchw->bqhw", embed, small_features)
+            obj = masks = iou = None
+            attn = torch.einsum("bqc,bchw->bqhw", embed, small_features)
         else:
+            obj, iou = self.object_embed(x), self.iou_head(x).sigmoid()
             masks = torch.einsum("bqc,bchw->bqhw", embed, mask_features)
             if not need_attn:
                 return obj, masks, iou, None
