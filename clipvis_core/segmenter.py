@@ -19,6 +19,7 @@ from .errors import InputError
 from .instances import InstanceTrace, build_tracks
 from .matching import MatchRecord, TemporalMatcher
 from .precision import autocast, check_precision
+from .cpu_memory import reuse_freed_memory
 from .prefetch import Prefetch
 from .preprocess import geometry, prepare_frames
 from .resume import ResumeDir, RunState, run_signature
@@ -207,7 +208,7 @@ class Segmenter:
                                     device=self.device.type, shapes=shapes, geometry=out_geom, video=[
                                         info.width, info.height, info.num_frames, info.frame_indices])
                 store, state = resume.open_store(shapes, out_geom, resume.begin(sig))
-            with store:
+            with store, reuse_freed_memory(self.device.type == "cpu"):
                 start = done = self._restore(state, matcher, scores)
                 t0 = time.perf_counter()
                 for batch in _windows(open_frames(start), window):

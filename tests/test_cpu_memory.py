@@ -1,0 +1,54 @@
+"""Freed memory is reused while a CPU run holds ``reuse_freed_memory``, and handed back after."""
+import resource
+
+import numpy as np
+import pytest
+import torch
+
+from clipvis_core import cpu_memory
+from clipvis_core.segmenter import Segmenter
+
+BLOCK = 64 << 20  # over glibc's largest adaptive mmap threshold (32 MB): always fresh pages by default
+
+
+def faults_of_a_large_block() -> int:
+    """Minor page faults of allocating, writing and freeing one BLOCK-sized tensor."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    x = torch.ones(BLOCK // 4)
+    del x
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def test_large_blocks_reuse_pages_only_while_held():
+    pages = BLOCK // 4096
+    assert faults_of_a_large_block() > pages // 2  # default: fresh pages every time
+    with cpu_memory.reuse_freed_memory():
+        with cpu_memory.reuse_freed_memory():  # nested / concurrent runs share one count
+            assert cpu_memory.holders() == 2
+        faults_of_a_large_block()  # the first one grows the heap
+        assert faults_of_a_large_block() < pages // 20
+    assert cpu_memory.holders() == 0
+    assert faults_of_a_large_block() > pages // 2  # back to the default, the heap trimmed
+
+
+def test_switched_off_by_environment(monkeypatch):
+    monkeypatch.setenv("CLIPVIS_MALLOC_TUNING", "0")
+    with cpu_memory.reuse_freed_memory():
+        assert cpu_memory.holders() == 0
+        faults_of_a_large_block()
+        assert faults_of_a_large_block() > BLOCK // 4096 // 2
+
+
+def test_held_for_a_cpu_run_and_released_when_it_stops(tiny_card):
+    seg = Segmenter.load(str(tiny_card), device="cpu")
+    frames = np.random.default_rng(0).integers(0, 255, (3, 64, 96, 3), dtype=np.uint8)
+    it = seg.iter_segment(frames, ["cat", "dog"])
+    next(it)
+    assert cpu_memory.holders() == 1
+    it.close()  # a caller that stops reading mid-video
+    assert cpu_memory.holders() == 0
+    seg.segment(frames, ["cat", "dog"])
+    assert cpu_memory.holders() == 0
+    with pytest.raises(Exception):
+        seg.segment(frames[:0], ["cat"])
+    assert cpu_memory.holders() == 0
