@@ -160,12 +160,15 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         """``small_features``: mask features already at ``attn_size``; then only the attention mask is
         computed (``obj``, ``masks`` and ``iou`` are None: nobody reads an intermediate layer's)."""
         x = self.decoder_norm(output).transpose(0, 1)  # [N, Q, d]
+        # Upstream's order (object, mask, IoU): backward sums the heads' gradients in it, and the
+        # gradient-accumulation test's 1e-4 tolerance does not survive another order.
+        obj = self.object_embed(x) if small_features is None else None
         embed = self.mask_embed(x)
+        iou = self.iou_head(x).sigmoid() if small_features is None else None
         if small_features is not None:
-            obj = masks = iou = None
+            masks = None
             attn = torch.einsum("bqc,bchw->bqhw", embed, small_features)
         else:
-            obj, iou = self.object_embed(x), self.iou_head(x).sigmoid()
             masks = torch.einsum("bqc,bchw->bqhw", embed, mask_features)
             if not need_attn:
                 return obj, masks, iou, None
