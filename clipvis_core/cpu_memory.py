@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import threading
 
@@ -21,6 +22,7 @@ _lock = threading.Lock()
 _holders = 0
 
 
+@functools.lru_cache(maxsize=1)  # looked up once, not per run
 def _glibc():
     try:
         lib = ctypes.CDLL("libc.so.6")

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .cpu_memory import reuse_freed_memory
 from .errors import InputError
 from .instances import InstanceTrace, build_tracks
 from .matching import MatchRecord, TemporalMatcher
 from .precision import autocast, check_precision
-from .cpu_memory import reuse_freed_memory
 from .prefetch import Prefetch
 from .preprocess import geometry, prepare_frames
 from .resume import ResumeDir, RunState, run_signature

@@ -104,7 +104,6 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     def __init__(self, cfg: DecoderConfig, in_channels: int, mask_dim: int):
         super().__init__()
         d, h = cfg.hidden_dim, cfg.num_heads
-        self.num_heads = h
         self.hidden_dim = d
         self.num_layers = cfg.num_layers
         self.transformer_self_attention_layers = nn.ModuleList(SelfAttentionLayer(d, h, cfg.pre_norm) for _ in range(self.num_layers))
@@ -162,12 +161,12 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         x = self.decoder_norm(output).transpose(0, 1)  # [N, Q, d]
         # Upstream's order (object, mask, IoU): backward sums the heads' gradients in it, and the
         # gradient-accumulation test's 1e-4 tolerance does not survive another order.
-        obj = self.object_embed(x) if small_features is None else None
+        full = small_features is None
+        obj = self.object_embed(x) if full else None
         embed = self.mask_embed(x)
-        iou = self.iou_head(x).sigmoid() if small_features is None else None
-        if small_features is not None:
-            masks = None
-            attn = torch.einsum("bqc,bchw->bqhw", embed, small_features)
+        iou = self.iou_head(x).sigmoid() if full else None
+        if not full:
+            masks, attn = None, torch.einsum("bqc,bchw->bqhw", embed, small_features)
         else:
             masks = torch.einsum("bqc,bchw->bqhw", embed, mask_features)
             if not need_attn:
