@@ -217,7 +217,12 @@ def test_sparse_keyframes_interpolate_to_per_frame_boxes_in_editor(label_studio,
     project, task = state["long"]
     ui.goto(f"{ls.url}/projects/{project}/data")
     sparse = wait_prediction(ls, task, timeout=600)
-    assert f"pushed prediction for task {task} (" in backend.log.read_text()  # the info line docs promise
+    # The info line docs promise; the backend writes it just after Label Studio accepted the POST.
+    line = f"pushed prediction for task {task} ("
+    deadline = time.monotonic() + 10
+    while line not in backend.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert line in backend.log.read_text()
     before = ui.inner_text("body")
     # The Data Manager does not poll: a pushed prediction shows after its Refresh button (or a reload).
     ui.click("button[aria-label='Refresh data']")
