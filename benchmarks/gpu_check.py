@@ -12,6 +12,7 @@ Sections, each independent (a failure is a FAIL row, the rest still runs; exit 1
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))
 CKPT = "random:clipvis-convnext-b-dec10"
+SECTIONS = ("parity", "speed", "autocast", "oom", "text", "train")
 ROWS: list[tuple[str, str, str]] = []  # (check, result, detail)
 TMP = Path(tempfile.mkdtemp(prefix="clipvis-gpucheck-"))
 
@@ -51,7 +53,9 @@ def section(name: str):
 
 @section("parity")
 def parity() -> None:
-    env = dict(os.environ, CLIPVIS_TEST_DEVICE="cuda", PYTHONPATH=str(ROOT))
+    # Keep the caller's PYTHONPATH (packages carried beside the interpreter's own) after the repo.
+    path = os.pathsep.join(x for x in (str(ROOT), os.environ.get("PYTHONPATH", "")) if x)
+    env = dict(os.environ, CLIPVIS_TEST_DEVICE="cuda", PYTHONPATH=path)
     env.setdefault("CLIPVIS_REFERENCE_DIR", str(ROOT.parent / "shared" / "reference"))
     if not (Path(env["CLIPVIS_REFERENCE_DIR"]) / "tiny_config.json").exists():
         raise FileNotFoundError(f"reference fixtures not in {env['CLIPVIS_REFERENCE_DIR']}: set CLIPVIS_REFERENCE_DIR")
@@ -105,8 +109,11 @@ def oom_fallback(seg, video, vocab) -> None:
 
     opts = SegmentOptions(window=10, max_frames=10)
     small = _smaller(opts, seg)
+    for o in (small, opts):  # cuDNN tries algorithms (large workspaces) on each new shape's first call
+        seg.segment(video, vocab, o)
     peaks = []
     for o in (small, opts):
+        gc.collect()  # earlier sections' garbage (reference cycles) would count as this run's peak
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         seg.segment(video, vocab, o)
@@ -179,7 +186,12 @@ def train_step() -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=30, help="frames per speed run")
+    ap.add_argument("--only", default=",".join(SECTIONS),
+                    help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})")
     args = ap.parse_args()
+    only = set(args.only.split(","))
+    if only - set(SECTIONS):
+        ap.error(f"unknown section(s) {sorted(only - set(SECTIONS))}: choose from {','.join(SECTIONS)}")
     import torch
 
     if not torch.cuda.is_available():
@@ -192,18 +204,22 @@ def main() -> int:
     from clipvis_core.segmenter import Segmenter
 
     print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}", flush=True)
-    parity()
-    video = str(make_video(TMP / "v480.mp4", num_frames=max(args.frames, 20), height=480, width=854, fps=25))
-    seg = Segmenter.load(CKPT, device="cuda")
-    vocab = load_vocabulary("ytvis2019")
-    seg.text_classifier(vocab)
-    speed(seg, video, vocab, args.frames)
-    autocast_agreement(seg, video, vocab)
-    oom_fallback(seg, video, vocab)
-    text_speed(seg)
-    del seg
-    torch.cuda.empty_cache()
-    train_step()
+    if "parity" in only:
+        parity()
+    if only & {"speed", "autocast", "oom", "text"}:
+        video = str(make_video(TMP / "v480.mp4", num_frames=max(args.frames, 20), height=480, width=854, fps=25))
+        seg = Segmenter.load(CKPT, device="cuda")
+        vocab = load_vocabulary("ytvis2019")
+        seg.text_classifier(vocab)
+        for name, fn, fargs in (("speed", speed, (seg, video, vocab, args.frames)),
+                                ("autocast", autocast_agreement, (seg, video, vocab)),
+                                ("oom", oom_fallback, (seg, video, vocab)), ("text", text_speed, (seg,))):
+            if name in only:
+                fn(*fargs)
+        del seg
+        torch.cuda.empty_cache()
+    if "train" in only:
+        train_step()
     print("\n| check | result | figures |\n| --- | --- | --- |")
     for r in ROWS:
         print("| " + " | ".join(re.sub(r"\|", "/", x) for x in r) + " |")

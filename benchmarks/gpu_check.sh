@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-if [ ! -x "$PY" ]; then
+if ! command -v "$PY" >/dev/null; then
     echo "gpu_check: error: $PY not found: run scripts/setup.sh first (or set PYTHON)" >&2
     exit 2
 fi
@@ -16,5 +16,7 @@ if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; t
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 export PYTHONUNBUFFERED=1 FIFTYONE_DO_NOT_TRACK=true
+# The repository first: its subprocesses (pytest, bench_train) import clipvis_core uninstalled too.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # Hard stop below 8 minutes: a hung section must not eat the machine's time.
 exec timeout --signal=INT --kill-after=10 460 "$PY" benchmarks/gpu_check.py "$@"

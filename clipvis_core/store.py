@@ -8,7 +8,8 @@ store keeps what the final pass *uses* rather than raw logits (``4*Q*h/4*w/4`` b
 * per query, the two float32 sums of the mask score (``sum(sigmoid(m) * (m > 0))``, ``count(m > 0)``),
   computed from the full-precision logits with the same ops ``MaskScore.add`` uses;
 * per query, the output mask itself: the logits resized exactly as the final pass resizes them
-  (``masks_to_output_logits``, on the CPU), thresholded, COCO-RLE encoded, zlib-compressed.
+  (``masks_to_output_logits``, on the network's device), thresholded, COCO-RLE encoded,
+  zlib-compressed.
 
 The final pass then only picks the RLEs of the selected queries in their kept frames: outputs are
 identical to resizing at the end (masks of dropped frames are blank either way). A traced run also
@@ -79,7 +80,14 @@ def mask_sums(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def output_rles(m: torch.Tensor, geom: OutputGeometry) -> list[bytes]:
-    """[Q, h/4, w/4] logits -> Q COCO RLE ``counts`` of the thresholded output-resolution masks."""
+    """[Q, h/4, w/4] logits -> Q COCO RLE ``counts`` of the thresholded output-resolution masks.
+
+    On the CPU pycocotools encodes the thresholded masks; on a GPU the resize, threshold and run
+    lengths stay on the device (moving 50 full-size masks a frame to the host and encoding them
+    there cost more than the network at 480p) and only the run lengths cross to the host.
+    """
+    if m.device.type != "cpu":
+        return _device_rles(m, geom)
     counts: list[bytes] = []
     for i in range(0, len(m), _CHUNK):
         x = masks_to_output_logits(m[i:i + _CHUNK], geom.padded_hw, geom.image_hw, geom.out_hw)
@@ -91,6 +99,34 @@ def output_rles(m: torch.Tensor, geom: OutputGeometry) -> list[bytes]:
         rles = mask_utils.encode(out.view(torch.uint8).numpy().transpose(2, 1, 0))
         counts += [r["counts"] for r in rles]
     return counts
+
+
+def _device_rles(m: torch.Tensor, geom: OutputGeometry) -> list[bytes]:
+    h, w = geom.out_hw
+    counts: list[bytes] = []
+    for i in range(0, len(m), _CHUNK):
+        x = masks_to_output_logits(m[i:i + _CHUNK], geom.padded_hw, geom.image_hw, geom.out_hw)
+        runs = run_lengths(x.transpose(1, 2).reshape(len(x), -1) > 0)
+        counts += [r["counts"] for r in mask_utils.frPyObjects([{"size": [h, w], "counts": c} for c in runs], h, w)]
+    return counts
+
+
+def run_lengths(b: torch.Tensor) -> list[np.ndarray]:
+    """[K, N] bool (each row a column-major mask) -> K uncompressed COCO run lengths (uint32):
+    alternating runs of 0s and 1s, the 0s first (an empty one when the first pixel is set)."""
+    k, n = b.shape
+    edge = torch.ones(k, n + 1, dtype=torch.bool, device=b.device)  # runs start at 0 and end at n
+    torch.ne(b[:, 1:], b[:, :-1], out=edge[:, 1:n])
+    row, pos = edge.nonzero(as_tuple=True)
+    per = torch.bincount(row, minlength=k).cpu().tolist()
+    first = b[:, 0].cpu().tolist()
+    pos = pos.cpu().numpy()
+    out, start = [], 0
+    for j, c in enumerate(per):
+        gaps = np.diff(pos[start:start + c]).astype(np.uint32)
+        start += c
+        out.append(np.concatenate((np.zeros(1, np.uint32), gaps)) if first[j] else gaps)
+    return out
 
 
 def _pack(counts: list[bytes]) -> bytes:
@@ -189,7 +225,7 @@ class FrameStore:
         m = masks.detach().to("cpu", torch.float32).contiguous()
         num, den = mask_sums(m)
         arrays = {**arrays, "mask_num": num, "mask_den": den}
-        rec = _pack(output_rles(m, self.geom))
+        rec = _pack(output_rles(m if masks.device.type == "cpu" else masks.detach().float(), self.geom))
         try:
             for k, n in self.fixed_bytes.items():
                 self._put(k, t * n, arrays[k].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())

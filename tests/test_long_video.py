@@ -90,6 +90,25 @@ def test_outputs_equal_resizing_raw_logits_at_the_end(seg, tmp_path):
                 assert np.array_equal(decode_mask(tr.masks[t]), want)
 
 
+def test_device_run_lengths_equal_pycocotools():
+    """The GPU store path (resize, threshold and run lengths in torch, compressed by pycocotools)
+    writes the same RLE bytes as the CPU path; run here on CPU tensors, edge cases included."""
+    import torch
+
+    from clipvis_core.store import OutputGeometry, _device_rles, output_rles
+
+    g = torch.Generator().manual_seed(3)
+    smooth = torch.nn.functional.interpolate(torch.randn(1, 20, 6, 9, generator=g), size=(31, 47), mode="bilinear")[0]
+    edge = torch.full((4, 31, 47), -1.0)
+    edge[1] = 1.0  # all set
+    edge[2, 0, 0] = 1.0  # only the first pixel (an empty leading 0-run)
+    edge[3, -1, -1] = 1.0  # only the last pixel
+    logits = torch.cat([smooth, torch.randn(3, 31, 47, generator=g), edge])  # 27 queries: two chunks
+    for pad, img, out in (((124, 188), (120, 180), (120, 180)), ((124, 188), (117, 181), (61, 97))):
+        geom = OutputGeometry(padded_hw=pad, image_hw=img, out_hw=out)
+        assert _device_rles(logits, geom) == output_rles(logits, geom)
+
+
 # -- exit paths, on a real size-limited file system ---------------------------------------------------
 @pytest.fixture
 def small_disk(tmp_path):
