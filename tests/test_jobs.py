@@ -141,18 +141,49 @@ def test_time_limit_stops_a_job_between_frames(media, tiny_card, settings):
     assert lookup(spec, settings) is None
 
 
-def test_oom_fallback_options_are_smaller(tiny_card):
-    # The CUDA OOM retry itself needs a GPU; this checks the options it retries with.
-    from clipvis_core.jobs.runner import _smaller
+def test_oom_fallbacks_window_one_then_smaller(tiny_card):
+    # What the CUDA OOM retries use (benchmarks/gpu_check.sh runs a real one on a GPU).
+    from clipvis_core.jobs.runner import _fallbacks
 
     seg = get_segmenter(str(tiny_card))
     inf = seg.cfg.inference
-    s = _smaller(SegmentOptions(frame_stride=2), seg)
-    assert (s.window, s.min_size, s.max_size, s.frame_stride) == (
-        max(1, inf.window // 2), int(inf.min_size * 0.75), int(inf.max_size * 0.75), 2)
-    assert _smaller(SegmentOptions(window=6, min_size=400, max_size=800), seg) == \
-        SegmentOptions(window=3, min_size=300, max_size=600)
-    assert _smaller(SegmentOptions(min_size=0), seg) == SegmentOptions(min_size=0, window=max(1, inf.window // 2))
+    same, smaller = _fallbacks(SegmentOptions(frame_stride=2, window=6), seg)
+    assert same == SegmentOptions(frame_stride=2, window=1)  # same resolution: the same outputs
+    assert (smaller.window, smaller.min_size, smaller.max_size, smaller.frame_stride) == (
+        1, int(inf.min_size * 0.75), int(inf.max_size * 0.75), 2)
+    assert _fallbacks(SegmentOptions(window=1, min_size=400, max_size=800), seg) == \
+        [SegmentOptions(window=1, min_size=300, max_size=600)]
+    assert _fallbacks(SegmentOptions(min_size=0, window=4), seg) == [SegmentOptions(min_size=0, window=1)]
+    assert _fallbacks(SegmentOptions(min_size=0, window=1), seg) == []
+
+
+def test_oom_retries_in_order_then_gives_up(media, tiny_card, settings, caplog, monkeypatch):
+    """The runner's retry loop on a real CPU segmenter whose first forwards raise CUDA's OOM error
+    (no GPU here: the error type is what the loop keys on)."""
+    import torch
+
+    seg = get_segmenter(str(tiny_card))
+    real, calls = seg.segment, []
+
+    def segment(source, vocabulary, options, **kw):
+        calls.append(options)
+        if len(calls) <= fail[0]:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(source, vocabulary, options, **kw)
+
+    monkeypatch.setattr(seg, "segment", segment)
+    spec = JobSpec(str(media["short"]), VOCAB, str(tiny_card), {"min_size": 64, "window": 4})
+    fail = [2]
+    with caplog.at_level(logging.WARNING, logger="clipvis.jobs"):
+        tracks = run_job(spec, settings=settings)
+    assert [(o.window, o.min_size) for o in calls] == [(4, 64), (1, 64), (1, 48)]
+    assert (tracks.options["window"], tracks.options["min_size"]) == (1, 48)
+    assert sum("out of memory" in r.getMessage() for r in caplog.records) == 2
+    calls.clear()
+    fail = [3]
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        run_job(JobSpec(str(media["short"]), VOCAB, str(tiny_card), {"min_size": 60, "window": 4}), settings=settings)
+    assert len(calls) == 3
 
 
 def test_corrupt_video_fails_at_once_with_its_message(media, tiny_card, settings):
