@@ -222,17 +222,19 @@ class FrameStore:
         """Frame ``t`` (frames arrive in order): masks [Q, h/4, w/4] logits plus the fixed-size arrays."""
         if t != self.frames:
             raise ValueError(f"frame {t} written out of order (expected {self.frames})")
-        m = masks.detach().to("cpu", torch.float32).contiguous()
+        # On a GPU the masks stay there: sums and run lengths are computed on the device and only
+        # they cross to the host (not the [Q, h/4, w/4] logits, 10 MB a frame at 480p).
+        m = masks.detach().to(torch.float32).contiguous()
         num, den = mask_sums(m)
         arrays = {**arrays, "mask_num": num, "mask_den": den}
-        rec = _pack(output_rles(m if masks.device.type == "cpu" else masks.detach().float(), self.geom))
+        rec = _pack(output_rles(m, self.geom))
         try:
             for k, n in self.fixed_bytes.items():
                 self._put(k, t * n, arrays[k].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
             self._put("rles", self._end, rec)
             self._put("index", t * _INDEX.size, _INDEX.pack(self._end, len(rec)))
             if self.keep_raw:
-                self._put("raw", t * m.numel() * 4, m.numpy().tobytes())
+                self._put("raw", t * m.numel() * 4, m.cpu().numpy().tobytes())
         except OSError as e:
             raise self._error(e) from None
         self._end += len(rec)
