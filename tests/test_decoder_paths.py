@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from clipvis_core.modeling import deform_attn
 from clipvis_core.segmenter import Segmenter
@@ -49,3 +50,17 @@ def test_bag_deformable_attention_equals_grid_sample(batch, heads, dim, points, 
     reference = deform_attn.ms_deform_attn_grid_sample(value, shapes, locations, attn)
     torch.testing.assert_close(fast, reference, atol=2e-5, rtol=1e-5)
     assert fast[0, :5].abs().max() == 0  # every sample of those queries fell outside: zeros, as grid_sample
+
+
+def test_short_softmax_matches_torch_and_is_stable():
+    """The fast path's softmax over levels x points equals F.softmax to float rounding, also for
+    logits large enough to overflow exp without the max shift."""
+    from clipvis_core.modeling.deform_attn import _softmax_short
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 300, 8, 12, generator=g) * 4
+    x[0, 0, 0] = torch.linspace(80.0, 120.0, 12)  # exp(120) overflows float32
+    x[1, 1, 1] = -1e4  # all far below: no row of zeros
+    got, want = _softmax_short(x.clone()), F.softmax(x, -1)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
