@@ -53,9 +53,7 @@ def section(name: str):
 
 @section("parity")
 def parity() -> None:
-    # Keep the caller's PYTHONPATH (packages carried beside the interpreter's own) after the repo.
-    path = os.pathsep.join(x for x in (str(ROOT), os.environ.get("PYTHONPATH", "")) if x)
-    env = dict(os.environ, CLIPVIS_TEST_DEVICE="cuda", PYTHONPATH=path)
+    env = dict(os.environ, CLIPVIS_TEST_DEVICE="cuda")  # `python -m pytest` in ROOT imports the repo
     env.setdefault("CLIPVIS_REFERENCE_DIR", str(ROOT.parent / "shared" / "reference"))
     if not (Path(env["CLIPVIS_REFERENCE_DIR"]) / "tiny_config.json").exists():
         raise FileNotFoundError(f"reference fixtures not in {env['CLIPVIS_REFERENCE_DIR']}: set CLIPVIS_REFERENCE_DIR")
@@ -113,8 +111,8 @@ def oom_fallback(seg, video, vocab) -> None:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     seg.segment(video, vocab, opts)
-    peaks = [torch.cuda.max_memory_reserved()]
-    cap = 0.8 * peaks[0]
+    full_peak = torch.cuda.max_memory_reserved()
+    cap = 0.8 * full_peak
     total = torch.cuda.get_device_properties(0).total_memory
     os.environ.update(CLIPVIS_DEVICE="cuda", CLIPVIS_RESULTS_DIR=str(TMP / "results"))
     os.environ.pop("CLIPVIS_BROKER_URL", None)
@@ -130,13 +128,13 @@ def oom_fallback(seg, video, vocab) -> None:
         tracks = run_job(JobSpec(str(video), list(vocab.entries), CKPT, options={"window": 10, "max_frames": 10}),
                          settings=JobSettings.from_env())
     finally:
-        peaks.append(torch.cuda.max_memory_reserved())
+        capped_peak = torch.cuda.max_memory_reserved()
         torch.cuda.set_per_process_memory_fraction(1.0)
         logging.getLogger("clipvis.jobs").removeHandler(handler)
     hit = [w for w in warnings if "out of memory" in w]
     ok = bool(hit) and tracks.video.num_frames == 10 and tracks.options.get("window") == 1
     row("CUDA OOM fallback", "ok" if ok else "FAIL",
-        f"cap {cap / 2**30:.2f} GiB (0.8 x the full-size peak {peaks[0] / 2**30:.2f}), capped job's peak {peaks[1] / 2**30:.2f} GiB; "
+        f"cap {cap / 2**30:.2f} GiB (0.8 x the full-size peak {full_peak / 2**30:.2f}), capped job's peak {capped_peak / 2**30:.2f} GiB; "
         f"{hit[0] if hit else 'no OOM was raised'}; result window {tracks.options.get('window')}")
 
 

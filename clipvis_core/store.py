@@ -89,8 +89,7 @@ def output_rles(m: torch.Tensor, geom: OutputGeometry) -> list[bytes]:
     if m.device.type != "cpu":
         return _device_rles(m, geom)
     counts: list[bytes] = []
-    for i in range(0, len(m), _CHUNK):
-        x = masks_to_output_logits(m[i:i + _CHUNK], geom.padded_hw, geom.image_hw, geom.out_hw)
+    for x in _output_logits(m, geom):
         # Thresholded straight into the column-major [H, W, K] layout pycocotools reads (as [K, W, H]
         # rows), instead of thresholding, converting to uint8 and transposing in three passes.
         k, h, w = x.shape
@@ -101,11 +100,16 @@ def output_rles(m: torch.Tensor, geom: OutputGeometry) -> list[bytes]:
     return counts
 
 
+def _output_logits(m: torch.Tensor, geom: OutputGeometry):
+    """Output-resolution logits, ``_CHUNK`` queries at a time (bounds the full-size temporaries)."""
+    for i in range(0, len(m), _CHUNK):
+        yield masks_to_output_logits(m[i:i + _CHUNK], geom.padded_hw, geom.image_hw, geom.out_hw)
+
+
 def _device_rles(m: torch.Tensor, geom: OutputGeometry) -> list[bytes]:
     h, w = geom.out_hw
     counts: list[bytes] = []
-    for i in range(0, len(m), _CHUNK):
-        x = masks_to_output_logits(m[i:i + _CHUNK], geom.padded_hw, geom.image_hw, geom.out_hw)
+    for x in _output_logits(m, geom):
         runs = run_lengths(x.transpose(1, 2).reshape(len(x), -1) > 0)
         counts += [r["counts"] for r in mask_utils.frPyObjects([{"size": [h, w], "counts": c} for c in runs], h, w)]
     return counts
